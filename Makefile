@@ -1,0 +1,33 @@
+# A thin wrapper over CMake: `make`, `make test`, `make deps`, `make asan`.
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+JOBS ?= $(shell nproc)
+
+.PHONY: all test deps asan asan-test bench clean
+
+all: $(BUILD)/Makefile
+	cmake --build $(BUILD) -j $(JOBS)
+
+$(BUILD)/Makefile:
+	cmake -S . -B $(BUILD)
+
+test: all
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+asan: $(ASAN_BUILD)/Makefile
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+$(ASAN_BUILD)/Makefile:
+	cmake -S . -B $(ASAN_BUILD) -DVQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+
+asan-test: asan
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS)
+
+deps:
+	sh .ci/deps.sh
+
+bench: all
+	sh bench/run.sh
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

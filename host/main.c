@@ -1,0 +1,192 @@
+/* vqlua: the command line. A client of vq.h like any embedder. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cJSON.h>
+#include <curl/curl.h>
+#include <lauxlib.h>
+#include <openssl/crypto.h>
+#include <yaml.h>
+
+#include "vq.h"
+
+static const char usage[] =
+  "usage: vqlua [options] [script [args]]\n"
+  "  -e stat        run the statement\n"
+  "  -l mod         require mod into the global mod (-l g=mod: into g)\n"
+  "  -i             enter the REPL after the script (the REPL is also the default with no\n"
+  "                 script on a terminal)\n"
+  "  -v, --version  print the versions of vqlua and the libraries it runs with\n"
+  "  --dry-run      every mutating call is a server-side dry run (runbooks read\n"
+  "                 vq.options.dry_run)\n"
+  "  --audit FILE   append a JSON-lines audit log to FILE (mode 0600)\n"
+  "  --log-level L  debug, info (the default), warn or error\n"
+  "  --color, --no-color\n"
+  "  --rehearse     run a runbook against the built-in Kubernetes simulator\n"
+  "  --             stop handling options\n"
+  "  -              run standard input\n"
+  "Lua modules are found in VQ_PATH (':'-separated folders), then scripts/lib next to the\n"
+  "binary and in the install prefix.\n";
+
+typedef struct action {
+  char kind;          /* 'e' statement, 'l' library */
+  const char *value;
+} action;
+
+typedef struct cli {
+  vq_options options;
+  action *actions;
+  int nactions;
+  int interactive;
+  int version;
+  int rehearse;
+  int script;         /* index of the script in argv, or 0 */
+} cli;
+
+static void print_versions(void) {
+  const curl_version_info_data *curl = curl_version_info(CURLVERSION_NOW);
+  printf("vqlua %s\n", vq_version());
+  printf("  %s\n", LUA_RELEASE);
+  printf("  libuv %s\n", uv_version_string());
+  printf("  libcurl %s (%s)\n", curl->version, curl->ssl_version ? curl->ssl_version : "no TLS");
+  printf("  libyaml %s\n", yaml_get_version_string());
+  printf("  cJSON %s\n", cJSON_Version());
+  printf("  %s\n", OpenSSL_version(OPENSSL_VERSION));
+}
+
+static int fail_usage(const char *what, const char *arg) {
+  fprintf(stderr, "vqlua: %s%s%s\n%s", what, arg ? " " : "", arg ? arg : "", usage);
+  return -1;
+}
+
+static int parse_level(const char *s) {
+  static const char *const names[] = {"debug", "info", "warn", "error"};
+  for (int i = 0; i < 4; i++)
+    if (strcmp(s, names[i]) == 0) return i + 1;
+  return -1;
+}
+
+/* Returns 0, 1 when the command is done (help), -1 on a usage error. */
+static int parse(cli *c, int argc, char **argv) {
+  int i = 1;
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) { i++; break; }
+    if (a[0] != '-' || strcmp(a, "-") == 0) break;
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) { fputs(usage, stdout); return 1; }
+    if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) { c->version = 1; continue; }
+    if (strcmp(a, "-i") == 0) { c->interactive = 1; continue; }
+    if (strcmp(a, "--dry-run") == 0) { c->options.dry_run = 1; continue; }
+    if (strcmp(a, "--color") == 0) { c->options.color = 1; continue; }
+    if (strcmp(a, "--no-color") == 0) { c->options.color = -1; continue; }
+    if (strcmp(a, "--rehearse") == 0) { c->rehearse = 1; continue; }
+    if (strcmp(a, "-e") == 0 || strcmp(a, "-l") == 0 || strcmp(a, "--audit") == 0 ||
+        strcmp(a, "--log-level") == 0) {
+      if (i + 1 >= argc) return fail_usage("missing argument after", a);
+      const char *value = argv[++i];
+      if (strcmp(a, "--audit") == 0) c->options.audit_path = value;
+      else if (strcmp(a, "--log-level") == 0) {
+        if ((c->options.log_level = parse_level(value)) < 0)
+          return fail_usage("unknown log level", value);
+      } else {
+        c->actions[c->nactions++] = (action){a[1], value};
+      }
+      continue;
+    }
+    return fail_usage("unknown option", a);
+  }
+  c->script = i < argc ? i : 0;
+  return 0;
+}
+
+static int valid_name(const char *s, size_t len) {
+  if (len == 0) return 0;
+  for (size_t i = 0; i < len; i++)
+    if (!(s[i] == '_' || s[i] == '.' || s[i] == '-' || (s[i] >= '0' && s[i] <= '9') ||
+          (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z')))
+      return 0;
+  return 1;
+}
+
+/* -l mod sets the global named by mod's last component (-l vq.kube: kube); -l g=mod sets g. */
+static int run_library(vq_runtime *rt, const char *spec) {
+  const char *eq = strchr(spec, '=');
+  const char *mod = eq ? eq + 1 : spec;
+  const char *dot = strrchr(mod, '.');
+  const char *global = eq ? spec : dot ? dot + 1 : mod;
+  size_t global_len = eq ? (size_t)(eq - spec) : strcspn(global, "-");
+  if (!valid_name(mod, strlen(mod)) || !valid_name(global, global_len)) {
+    fprintf(stderr, "vqlua: -l takes a module name or global=module, not '%s'\n", spec);
+    return 2;
+  }
+  char code[600];
+  snprintf(code, sizeof code, "_G['%.*s'] = require('%s')", (int)global_len, global, mod);
+  return vq_run_string(rt, code, "=(command line)");
+}
+
+static int run_actions(vq_runtime *rt, const cli *c) {
+  for (int i = 0; i < c->nactions; i++) {
+    int status = c->actions[i].kind == 'e'
+                   ? vq_run_string(rt, c->actions[i].value, "=(command line)")
+                   : run_library(rt, c->actions[i].value);
+    if (status != 0) return status;
+  }
+  return 0;
+}
+
+static int run(vq_runtime *rt, cli *c, int argc, char **argv) {
+  lua_State *L = vq_lua(rt);
+  if (c->rehearse) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "vq.rehearse");
+  }
+  int status = run_actions(rt, c);
+  if (status != 0) return status;
+  if (c->script) {
+    const char *path = strcmp(argv[c->script], "-") == 0 ? NULL : argv[c->script];
+    status = vq_run_file(rt, path, argc, argv, c->script);
+    if (status != 0 || !c->interactive) return status;
+  } else if (c->nactions > 0 && !c->interactive) {
+    return 0;
+  } else if (!c->interactive && !isatty(0)) {
+    return vq_run_file(rt, NULL, argc, argv, argc - 1);
+  }
+  return vq_repl_run(rt);
+}
+
+int main(int argc, char **argv) {
+  cli c = {0};
+  c.options.argv0 = argv[0];
+  c.actions = calloc((size_t)argc, sizeof *c.actions);
+  if (!c.actions) return 1;
+  int parsed = parse(&c, argc, argv);
+  if (parsed != 0) {
+    free(c.actions);
+    return parsed > 0 ? 0 : 2;
+  }
+  if (c.version) {
+    print_versions();
+    if (!c.script && !c.nactions && !c.interactive) {
+      free(c.actions);
+      return 0;
+    }
+  }
+  if (c.rehearse && !c.script) {
+    free(c.actions);
+    fail_usage("--rehearse needs a runbook:", "vqlua --rehearse scripts/<runbook>.lua");
+    return 2;
+  }
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  vq_runtime *rt = vq_new(&c.options);
+  if (!rt) {
+    fprintf(stderr, "vqlua: cannot create the runtime\n");
+    return 1;
+  }
+  int status = run(rt, &c, argc, argv);
+  vq_close(rt);
+  curl_global_cleanup();
+  free(c.actions);
+  return status;
+}
