@@ -148,6 +148,25 @@ static void open_luv(vq_runtime *rt) {
   lua_pop(L, 3);
 }
 
+/* os.exit from inside a task cannot close the state it runs on: flush what we own and
+ * leave (the kernel closes sockets and files; the audit log is flushed per line). */
+static int os_exit(lua_State *L) {
+  int status;
+  if (lua_isboolean(L, 1)) status = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else status = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  vq_runtime *rt = vq_from_lua(L);
+  if (rt->audit) fflush(rt->audit);
+  fflush(NULL);
+  exit(status);
+}
+
+static void replace_os_exit(lua_State *L) {
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, os_exit);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+}
+
 /* ---- create and close ---- */
 
 vq_runtime *vq_new(const vq_options *options) {
@@ -170,6 +189,7 @@ vq_runtime *vq_new(const vq_options *options) {
   lua_pushlightuserdata(L, rt);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &RUNTIME_KEY);
   luaL_openlibs(L);
+  replace_os_exit(L);
   vq_error_init(L);
   vq_sched_init(rt);
   vq_signal_init(rt);
@@ -235,6 +255,7 @@ static void report_main_failure(vq_runtime *rt, int task_idx) {
 
 static int run_loaded_chunk(vq_runtime *rt, int nargs) {
   lua_State *L = rt->L;
+  rt->exit_status = 0;
   vq_task *t = vq_spawn(L, nargs);
   int task_idx = lua_gettop(L);
   lua_pushstring(L, "main");

@@ -79,7 +79,7 @@ static int wait_k(lua_State *L, int status, lua_KContext base) {
   return lua_gettop(L) - (int)base;
 }
 
-void vq_wait_begin(lua_State *L, vq_wait *w, vq_cancel_fn cancel) {
+void vq_wait_check(lua_State *L) {
   vq_task *t = task_of_thread(L);
   if (!t || t->co != L) {
     vq_runtime *rt = vq_from_lua(L);
@@ -93,6 +93,11 @@ void vq_wait_begin(lua_State *L, vq_wait *w, vq_cancel_fn cancel) {
     luaL_error(L, "this call waits, but a C function that cannot yield (table.sort's "
                   "comparator, a string.gsub callback, a metamethod called from C) is in between");
   if (t->wait) luaL_error(L, "task %I is already waiting", (lua_Integer)t->id);
+}
+
+void vq_wait_begin(lua_State *L, vq_wait *w, vq_cancel_fn cancel) {
+  vq_wait_check(L);
+  vq_task *t = task_of_thread(L);
   w->task = t;
   w->cancel = cancel;
   t->wait = w;
@@ -344,6 +349,7 @@ static int task_join(lua_State *L) {
     return vq_task_push_outcome(L, 1);
   }
   if (task_of_thread(L) == t) return luaL_error(L, "task %I cannot wait for itself", (lua_Integer)t->id);
+  vq_wait_check(L);
   vq_joiner *j = calloc(1, sizeof *j);
   if (!j) return luaL_error(L, "out of memory");
   vq_wait_begin(L, &j->wait, joiner_cancel);
@@ -418,6 +424,7 @@ typedef struct park_wait {
 static void park_cancel(vq_wait *w) { free(w); }
 
 static int l_park(lua_State *L) {
+  vq_wait_check(L);
   park_wait *p = calloc(1, sizeof *p);
   if (!p) return luaL_error(L, "out of memory");
   vq_wait_begin(L, &p->wait, park_cancel);
@@ -432,6 +439,10 @@ static int l_wake(lua_State *L) {
     return 1;
   }
   vq_wait *w = t->wait;
+  if (n == 0) { /* park() returns true when woken with nothing: nil means a timeout */
+    lua_pushboolean(L, 1);
+    n = 1;
+  }
   lua_checkstack(t->co, n + 1);
   lua_xmove(L, t->co, n);
   vq_wait_done(w, n);
@@ -464,6 +475,7 @@ static void on_sleep(uv_timer_t *timer) {
 static int l_sleep(lua_State *L) {
   lua_Number seconds = luaL_checknumber(L, 1);
   luaL_argcheck(L, seconds >= 0, 1, "must not be negative");
+  vq_wait_check(L);
   sleep_req *r = calloc(1, sizeof *r);
   if (!r) return luaL_error(L, "out of memory");
   vq_wait_begin(L, &r->wait, sleep_cancel);

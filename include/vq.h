@@ -8,8 +8,9 @@
  * The same header is what every binding uses to wait without blocking the loop:
  *
  *   static int l_sleep(lua_State *L) {
- *     sleep_req *r = ...;
- *     vq_wait_begin(L, &r->wait, sleep_cancel);    // raises outside a task
+ *     vq_wait_check(L);                             // raises outside a task
+ *     sleep_req *r = ...;                           // so nothing leaks when it does
+ *     vq_wait_begin(L, &r->wait, sleep_cancel);
  *     uv_timer_start(&r->timer, on_timer, ms, 0);
  *     return vq_wait_yield(L, &r->wait);            // returns what the callback pushed
  *   }
@@ -78,6 +79,8 @@ struct vq_wait {
   vq_cancel_fn cancel;    /* stops the request so that it will never call vq_wait_done */
 };
 
+/* Raise a clear error unless L can wait: call it before allocating the request. */
+void vq_wait_check(lua_State *L);
 /* Park the calling task on w. Raises a clear error when L is not a task's own coroutine
  * (a plain coroutine, a luv callback, the REPL's top level outside a statement). */
 void vq_wait_begin(lua_State *L, vq_wait *w, vq_cancel_fn cancel);

@@ -86,6 +86,23 @@ function vq.race(list)
   return outcome.i, table.unpack(r, 1, r.n)
 end
 
+-- Park the current task on a wait list until woken. Returns true, or nil, err when a
+-- timeout ended the wait; re-raises a cancellation. Either way it leaves the list.
+local function park_on(list, what)
+  local me = core.current()
+  if not me then error(what .. " waits, so it must run in a task", 3) end
+  list[#list + 1] = me
+  local ok, r, e = pcall(core.park)
+  if not ok or r == nil then
+    for i, t in ipairs(list) do
+      if t == me then table.remove(list, i) break end
+    end
+    if not ok then error(r, 0) end
+    return nil, e
+  end
+  return true
+end
+
 --- An event: tasks wait until it is set.
 function vq.event()
   local waiting, is_set = {}, false
@@ -98,28 +115,24 @@ function vq.event()
   end
   function ev:clear() is_set = false end
   function ev:is_set() return is_set end
+  local function wait_set()
+    while not is_set do
+      local ok, e = park_on(waiting, "event:wait")
+      if not ok then return nil, e end
+    end
+    return true
+  end
   function ev:wait(seconds)
     if is_set then return true end
-    local me = assert(core.current(), "event:wait must run in a task")
-    local function park()
-      waiting[#waiting + 1] = me
-      while not is_set do
-        local ok, e = pcall(core.park)
-        if not ok then
-          for i, t in ipairs(waiting) do if t == me then table.remove(waiting, i) break end end
-          error(e, 0)
-        end
-      end
-      return true
-    end
-    if seconds then return vq.timeout(seconds, park) end
-    return park()
+    if seconds then return vq.timeout(seconds, wait_set) end
+    return wait_set()
   end
   return ev
 end
 
---- A bounded FIFO queue between tasks: put waits while it is full, get while it is empty.
---- close() wakes everyone: get then returns nil, {code = "closed"} once drained.
+--- A bounded FIFO queue between tasks: put waits while it is full, get while it is empty
+--- (both return nil, err if a vq.timeout around them ends the wait). close() wakes
+--- everyone: get returns nil, {code = "closed"} once the queue is drained.
 function vq.queue(capacity)
   capacity = capacity or math.huge
   local items, head, tail = {}, 1, 0
@@ -131,20 +144,14 @@ function vq.queue(capacity)
     local t = table.remove(list, 1)
     if t then core.wake(t) end
   end
-  local function park_on(list)
-    local me = assert(core.current(), "queue operations wait, so they must run in a task")
-    list[#list + 1] = me
-    local ok, e = pcall(core.park)
-    if not ok then
-      for i, t in ipairs(list) do if t == me then table.remove(list, i) break end end
-      error(e, 0)
-    end
-  end
 
   function q:size() return tail - head + 1 end
   function q:put(item)
     assert(item ~= nil, "queue:put(nil)")
-    while not closed and tail - head + 1 >= capacity do park_on(putters) end
+    while not closed and tail - head + 1 >= capacity do
+      local ok, e = park_on(putters, "queue:put")
+      if not ok then return nil, e end
+    end
     if closed then return nil, err("closed", "the queue is closed") end
     tail = tail + 1
     items[tail] = item
@@ -152,7 +159,10 @@ function vq.queue(capacity)
     return true
   end
   function q:get()
-    while tail < head and not closed do park_on(getters) end
+    while tail < head and not closed do
+      local ok, e = park_on(getters, "queue:get")
+      if not ok then return nil, e end
+    end
     if tail < head then return nil, err("closed", "the queue is closed") end
     local item = items[head]
     items[head] = nil
