@@ -31,6 +31,7 @@ struct vq_task {
   int nargs;                /* values pushed on co for the next resume */
   int cancelled;
   vq_wait *wait;
+  lua_KFunction k;          /* a primitive's own continuation (vq_wait_yieldk) */
   vq_task *next_ready;
   vq_joiner *joiners;
   const char *name;         /* for reports; points into the userdata's uservalue */
@@ -41,6 +42,12 @@ typedef struct vq_redactor {
   size_t *lengths;
   size_t count, cap;
 } vq_redactor;
+
+typedef struct vq_close_hook {
+  void (*fn)(void *ud);
+  void *ud;
+  struct vq_close_hook *next;
+} vq_close_hook;
 
 struct vq_runtime {
   uv_loop_t loop;
@@ -66,6 +73,8 @@ struct vq_runtime {
   void *sigint_hook_ud;
   struct sigaction old_sigint;
   vq_task *interrupt_target; /* the REPL's running statement, else the main task */
+
+  vq_close_hook *close_hooks;
 
   /* output */
   vq_redactor redactor;

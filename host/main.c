@@ -5,9 +5,7 @@
 #include <unistd.h>
 
 #include <cJSON.h>
-#include <curl/curl.h>
 #include <lauxlib.h>
-#include <openssl/crypto.h>
 #include <yaml.h>
 
 #include "vq.h"
@@ -45,15 +43,27 @@ typedef struct cli {
   int script;         /* index of the script in argv, or 0 */
 } cli;
 
-static void print_versions(void) {
-  const curl_version_info_data *curl = curl_version_info(CURLVERSION_NOW);
+/* libcurl and OpenSSL are loaded with the http plugin: ask it for their versions. */
+static const char plugin_versions[] =
+  "local ok, http = pcall(require, 'vq.core.http')\n"
+  "if not ok then return 'libcurl: not found (' .. tostring(http) .. ')', '' end\n"
+  "local v = http.versions()\n"
+  "return 'libcurl ' .. v.curl .. (v.http2 and ' (HTTP/2)' or ''), v.openssl\n";
+
+static void print_versions(vq_runtime *rt) {
+  lua_State *L = vq_lua(rt);
   printf("vqlua %s\n", vq_version());
   printf("  %s\n", LUA_RELEASE);
   printf("  libuv %s\n", uv_version_string());
-  printf("  libcurl %s (%s)\n", curl->version, curl->ssl_version ? curl->ssl_version : "no TLS");
   printf("  libyaml %s\n", yaml_get_version_string());
   printf("  cJSON %s\n", cJSON_Version());
-  printf("  %s\n", OpenSSL_version(OPENSSL_VERSION));
+  if (luaL_dostring(L, plugin_versions) == LUA_OK) {
+    printf("  %s\n  %s\n", lua_tostring(L, -2), lua_tostring(L, -1));
+    lua_pop(L, 2);
+  } else {
+    printf("  %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
 }
 
 static int fail_usage(const char *what, const char *arg) {
@@ -166,27 +176,20 @@ int main(int argc, char **argv) {
     free(c.actions);
     return parsed > 0 ? 0 : 2;
   }
-  if (c.version) {
-    print_versions();
-    if (!c.script && !c.nactions && !c.interactive) {
-      free(c.actions);
-      return 0;
-    }
-  }
   if (c.rehearse && !c.script) {
     free(c.actions);
     fail_usage("--rehearse needs a runbook:", "vqlua --rehearse scripts/<runbook>.lua");
     return 2;
   }
-  curl_global_init(CURL_GLOBAL_DEFAULT);
   vq_runtime *rt = vq_new(&c.options);
   if (!rt) {
     fprintf(stderr, "vqlua: cannot create the runtime\n");
     return 1;
   }
-  int status = run(rt, &c, argc, argv);
+  int status = 0;
+  if (c.version) print_versions(rt);
+  if (!c.version || c.script || c.nactions || c.interactive) status = run(rt, &c, argc, argv);
   vq_close(rt);
-  curl_global_cleanup();
   free(c.actions);
   return status;
 }

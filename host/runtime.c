@@ -40,16 +40,19 @@ static int is_dir(const char *path) {
   return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-static void add_lib_dir(luaL_Buffer *b, const char *dir, size_t len) {
+static void add_dir_entry(luaL_Buffer *b, const char *dir, size_t len, const char *pattern) {
   char path[4096];
   if (len == 0 || len >= sizeof path) return;
   memcpy(path, dir, len);
   path[len] = '\0';
   if (!is_dir(path)) return;
   luaL_addlstring(b, dir, len);
-  luaL_addstring(b, "/?.lua;");
-  luaL_addlstring(b, dir, len);
-  luaL_addstring(b, "/?/init.lua;");
+  luaL_addstring(b, pattern);
+}
+
+static void add_lib_dir(luaL_Buffer *b, const char *dir, size_t len) {
+  add_dir_entry(b, dir, len, "/?.lua;");
+  add_dir_entry(b, dir, len, "/?/init.lua;");
 }
 
 static void add_lib_list(luaL_Buffer *b, const char *list) {
@@ -61,18 +64,47 @@ static void add_lib_list(luaL_Buffer *b, const char *list) {
   }
 }
 
-static void add_exe_relative(luaL_Buffer *b) {
-  char exe[4096];
-  size_t size = sizeof exe;
-  if (uv_exepath(exe, &size) != 0) return;
-  char *slash = strrchr(exe, '/');
-  if (!slash) return;
+/* The folder of the running binary, into buf. */
+static int exe_dir(char *buf, size_t size) {
+  if (uv_exepath(buf, &size) != 0) return 0;
+  char *slash = strrchr(buf, '/');
+  if (!slash) return 0;
   *slash = '\0';
-  static const char *const rel[] = {"/scripts/lib", "/../scripts/lib", "/../share/vqlua/lib"};
-  for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) {
+  return 1;
+}
+
+/* Folders relative to the running binary: the build tree and an installed prefix. */
+static void add_exe_relative(luaL_Buffer *b, const char *const *rel, size_t count,
+                             const char *pattern) {
+  char exe[4096];
+  if (!exe_dir(exe, sizeof exe)) return;
+  for (size_t i = 0; i < count; i++) {
     char dir[4096 + 32];
     int n = snprintf(dir, sizeof dir, "%s%s", exe, rel[i]);
-    if (n > 0 && (size_t)n < sizeof dir) add_lib_dir(b, dir, (size_t)n);
+    if (n > 0 && (size_t)n < sizeof dir) {
+      if (pattern) add_dir_entry(b, dir, (size_t)n, pattern);
+      else add_lib_dir(b, dir, (size_t)n);
+    }
+  }
+}
+
+static const char *const lua_dirs[] = {"/scripts/lib", "/../scripts/lib", "/../../scripts/lib",
+                                       "/../share/vqlua/lib"};
+static const char *const plugin_dirs[] = {"/lib", "/../lib", "/../lib/vqlua"};
+/* The folder holding sim/ (the simulator), so that --rehearse can load it in-process. */
+static const char *const sim_roots[] = {"/..", "/../..", "/../share/vqlua"};
+
+static void add_sim_root(luaL_Buffer *b) {
+  char exe[4096];
+  if (!exe_dir(exe, sizeof exe)) return;
+  for (size_t i = 0; i < sizeof sim_roots / sizeof *sim_roots; i++) {
+    char dir[4096 + 32], sim[4096 + 40];
+    int n = snprintf(dir, sizeof dir, "%s%s", exe, sim_roots[i]);
+    snprintf(sim, sizeof sim, "%s/sim", dir);
+    if (n > 0 && (size_t)n < sizeof dir && is_dir(sim)) {
+      add_dir_entry(b, dir, (size_t)n, "/?.lua;");
+      return;
+    }
   }
 }
 
@@ -85,13 +117,22 @@ static void set_package_path(vq_runtime *rt) {
   luaL_buffinit(L, &b);
   add_lib_list(&b, getenv("VQ_PATH"));
   add_lib_list(&b, rt->options.lib_path);
-  add_exe_relative(&b);
+  add_exe_relative(&b, lua_dirs, sizeof lua_dirs / sizeof *lua_dirs, NULL);
   add_lib_dir(&b, VQ_SOURCE_LIB, strlen(VQ_SOURCE_LIB));
   add_lib_dir(&b, VQ_INSTALL_LIB, strlen(VQ_INSTALL_LIB));
+  add_sim_root(&b);
   lua_getfield(L, -2, "path");
   luaL_addvalue(&b);
   luaL_pushresult(&b);
   lua_setfield(L, -2, "path");
+  /* The plugins: bindings over heavy libraries, loaded on first require. */
+  luaL_buffinit(L, &b);
+  add_exe_relative(&b, plugin_dirs, sizeof plugin_dirs / sizeof *plugin_dirs, "/?.so;");
+  add_dir_entry(&b, VQ_INSTALL_CLIB, strlen(VQ_INSTALL_CLIB), "/?.so;");
+  lua_getfield(L, -2, "cpath");
+  luaL_addvalue(&b);
+  luaL_pushresult(&b);
+  lua_setfield(L, -2, "cpath");
   lua_pop(L, 1);
 }
 
@@ -208,9 +249,26 @@ static void close_luv_handles(vq_runtime *rt) {
   if (luaL_dostring(rt->L, closer) != LUA_OK) lua_pop(rt->L, 1);
 }
 
+void vq_on_close(vq_runtime *rt, void (*fn)(void *ud), void *ud) {
+  vq_close_hook *h = malloc(sizeof *h);
+  if (!h) abort();
+  *h = (vq_close_hook){fn, ud, rt->close_hooks};
+  rt->close_hooks = h;
+}
+
+static void run_close_hooks(vq_runtime *rt) {
+  while (rt->close_hooks) {
+    vq_close_hook *h = rt->close_hooks;
+    rt->close_hooks = h->next;
+    h->fn(h->ud);
+    free(h);
+  }
+}
+
 void vq_close(vq_runtime *rt) {
   if (!rt) return;
   vq_sched_close(rt);
+  run_close_hooks(rt);
   vq_signal_close(rt);
   uv_run(&rt->loop, UV_RUN_NOWAIT); /* our own handles' close callbacks */
   close_luv_handles(rt);

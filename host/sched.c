@@ -108,6 +108,22 @@ int vq_wait_yield(lua_State *L, vq_wait *w) {
   return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L), wait_k);
 }
 
+static int wait_custom_k(lua_State *L, int status, lua_KContext ctx) {
+  vq_task *t = task_of_thread(L);
+  if (t->raise_on_resume) {
+    t->raise_on_resume = 0;
+    return lua_error(L);
+  }
+  lua_KFunction k = t->k;
+  t->k = NULL;
+  return k(L, status, ctx);
+}
+
+int vq_wait_yieldk(lua_State *L, vq_wait *w, lua_KContext ctx, lua_KFunction k) {
+  w->task->k = k;
+  return lua_yieldk(L, 0, ctx, wait_custom_k);
+}
+
 lua_State *vq_wait_thread(const vq_wait *w) { return w->task->co; }
 
 void vq_wait_done(vq_wait *w, int nresults) {

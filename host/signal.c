@@ -50,6 +50,8 @@ int vq_signal_init(vq_runtime *rt) {
   uv_unref((uv_handle_t *)&rt->sigint_async);
   if (signal_runtime) return 0; /* a second runtime in the process: the first keeps Ctrl-C */
   signal_runtime = rt;
+  /* A peer that hangs up is an error on that write (EPIPE), not the end of the process. */
+  signal(SIGPIPE, SIG_IGN);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigint;

@@ -63,6 +63,10 @@ int vq_run_string(vq_runtime *rt, const char *chunk, const char *chunkname);
 /* The interactive prompt, on the same loop: returns when the user ends it. */
 int vq_repl_run(vq_runtime *rt);
 
+/* Call fn(ud) when the runtime closes, before the loop's remaining handles are closed:
+ * a binding with handles of its own on the loop closes them here. */
+void vq_on_close(vq_runtime *rt, void (*fn)(void *ud), void *ud);
+
 /* Drive the loop by hand (an embedder with its own main loop): like uv_run. */
 int vq_step(vq_runtime *rt, uv_run_mode mode);
 
@@ -86,6 +90,10 @@ void vq_wait_check(lua_State *L);
 void vq_wait_begin(lua_State *L, vq_wait *w, vq_cancel_fn cancel);
 /* Yield; when the task resumes, the C function returns what vq_wait_done's caller pushed. */
 int vq_wait_yield(lua_State *L, vq_wait *w);
+/* The same with a continuation of the primitive's own: k runs when the task resumes, with
+ * what vq_wait_done's caller pushed on top of the primitive's stack (a cancellation has
+ * already been raised by then; a timeout arrives as nil, err). */
+int vq_wait_yieldk(lua_State *L, vq_wait *w, lua_KContext ctx, lua_KFunction k);
 /* The thread to push results onto, from a libuv or curl callback. */
 lua_State *vq_wait_thread(const vq_wait *w);
 /* The request finished: nresults values were pushed; the task resumes on the next tick. */
