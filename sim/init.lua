@@ -1,0 +1,151 @@
+-- The simulator: a Kubernetes API server of a Vantiq installation, on this process's loop.
+--
+--   local sim = require("sim").start { port = 0, scenarios = {"telegraf-rbac"}, world = "production" }
+--   sim.url, sim.kubeconfig_path, sim.store ...; sim:stop()
+local vq = require "vq"
+local json = require "json"
+local http = require "sim.http"
+local store_mod = require "sim.store"
+local api_mod = require "sim.api"
+local clock_mod = require "sim.clock"
+local resources = require "sim.resources"
+
+local M = {}
+local Sim = {}
+Sim.__index = Sim
+
+M.DEFAULT_VERSION = "v1.30.6"
+
+--- The type descriptor for a resource key ("pods", "statefulsets.apps").
+function Sim:type(key) return resources.by_key[key] end
+
+--- Create an object directly in the store (seeding, controllers): defaults filled as the
+--- apiserver does on create. Returns the stored object or nil, status.
+function Sim:create(key, obj)
+  local t = assert(resources.by_key[key], key)
+  local admitted, status = self.api:admit_create(t, obj.metadata and obj.metadata.namespace, obj)
+  if not admitted then return nil, status end
+  if self.store:get(resources.store_key(t), admitted.metadata.namespace, admitted.metadata.name) then
+    return nil, { code = 409, message = key .. " " .. admitted.metadata.name .. " already exists" }
+  end
+  return self.store:put(resources.store_key(t), admitted, "ADDED")
+end
+
+function Sim:get(key, ns, name)
+  return self.store:get(resources.store_key(resources.by_key[key]), ns, name)
+end
+
+function Sim:list(key, ns, fn)
+  return self.store:list(resources.store_key(resources.by_key[key]), ns, fn)
+end
+
+--- Replace an object with a changed copy (controllers): obj is a copy of the stored one.
+function Sim:update(key, obj, opts)
+  opts = opts or {}
+  obj.metadata.resourceVersion = nil
+  return self.api:replace(resources.by_key[key], obj.metadata.namespace, obj.metadata.name, obj, opts)
+end
+
+function Sim:update_status(key, obj)
+  return self:update(key, obj, { part = "status" })
+end
+
+function Sim:delete(key, obj, opts)
+  return self.api:remove(resources.by_key[key], obj, opts)
+end
+
+--- Write a kubeconfig for this server and return its path.
+function Sim:write_kubeconfig(path, opts)
+  opts = opts or {}
+  local lines = {
+    "apiVersion: v1",
+    "kind: Config",
+    "clusters:",
+    "- name: vqsim",
+    "  cluster:",
+    "    server: " .. (opts.server or self.url),
+    "contexts:",
+    "- name: vqsim",
+    "  context:",
+    "    cluster: vqsim",
+    "    user: vqsim-admin",
+    "    namespace: " .. (opts.namespace or self.world_info and self.world_info.namespace or "default"),
+    "current-context: vqsim",
+    "users:",
+    "- name: vqsim-admin",
+    "  user:",
+    "    token: " .. self.token,
+    "",
+  }
+  local f = assert(io.open(path, "w"))
+  f:write(table.concat(lines, "\n"))
+  f:close()
+  os.execute("chmod 600 '" .. path:gsub("'", "'\\''") .. "'")
+  require("log").secret(self.token)
+  return path
+end
+
+function Sim:stop()
+  for _, t in ipairs(self.tasks) do t:cancel() end
+  if self.server then self.server.close() end
+  self.stopped = true
+end
+
+--- Run fn as a background task of the simulator (a controller); stopped with it.
+function Sim:spawn(fn, ...)
+  local t = vq.spawn(fn, ...)
+  self.tasks[#self.tasks + 1] = t
+  return t
+end
+
+--- Sleep for a simulated delay, scaled by the speed setting (fast mode for specs).
+function Sim:delay(seconds)
+  return vq.sleep(seconds * self.speed)
+end
+
+function M.start(opts)
+  opts = opts or {}
+  local self = setmetatable({
+    version = opts.version or M.DEFAULT_VERSION,
+    clock = clock_mod.new(opts.clock_offset),
+    store = store_mod.new { window = opts.window },
+    speed = opts.speed or 1,
+    bookmark_interval = opts.bookmark_interval or 1,
+    tasks = {},
+    admission = {}, subresources = {}, create_handlers = {}, convert = {}, extra_routes = {},
+    token = opts.token or ("vqsim-" .. require("sim.util").random_suffix(24)),
+    scenarios = {},
+  }, Sim)
+  self.api = api_mod.new(self)
+  for _, mod in ipairs(opts.modules or M.default_modules()) do
+    local m = type(mod) == "string" and require(mod) or mod
+    if m.install then m.install(self, opts) end
+  end
+  self.server = http.serve {
+    host = "127.0.0.1", port = opts.port or 0,
+    handler = function(req, res) return self.api:handle(req, res) end,
+    on_error = function(err, req)
+      require("log").error("sim: %s %s: %s", req.method, req.target, tostring(err))
+    end,
+  }
+  self.port = self.server.port
+  self.url = "http://127.0.0.1:" .. self.port
+  for _, mod in ipairs(opts.modules or M.default_modules()) do
+    local m = type(mod) == "string" and require(mod) or mod
+    if m.started then m.started(self, opts) end
+  end
+  return self
+end
+
+--- The modules that make up the simulator, in order: each may install admission hooks,
+--- subresources, controllers, the world and scenarios.
+function M.default_modules()
+  local mods = {}
+  for _, name in ipairs { "sim.auth", "sim.core", "sim.controllers", "sim.logs", "sim.world", "sim.scenarios" } do
+    if package.searchpath(name, package.path) then mods[#mods + 1] = name end
+  end
+  return mods
+end
+
+M.json = json
+return M

@@ -1,0 +1,460 @@
+-- Server-side printing: the Table objects kubectl asks for (as=Table), with the columns
+-- and cell text of the real apiserver's printers (pkg/printers/internalversion).
+local json = require "json"
+local util = require "sim.util"
+
+local M = {}
+
+local function array(t) return setmetatable(t or {}, json.array_mt) end
+
+local function col(name, typ, priority, format, desc)
+  return { name = name, type = typ or "string", format = format or "", description = desc or "", priority = priority or 0 }
+end
+
+local NAME = col("Name", "string", 0, "name", "Name must be unique within a namespace.")
+
+local function age(sim, obj)
+  local t = util.parse_time(obj.metadata.creationTimestamp)
+  if not t then return "<unknown>" end
+  return util.human_duration(sim.clock:now() - t)
+end
+
+local function since(sim, ts)
+  local t = util.parse_time(ts)
+  if not t then return "<unknown>" end
+  return util.human_duration(sim.clock:now() - t)
+end
+
+local function none(v)
+  if v == nil or v == "" then return "<none>" end
+  return v
+end
+
+local function containers_images(spec)
+  local names, images = {}, {}
+  for _, c in ipairs(spec and spec.containers or {}) do
+    names[#names + 1] = c.name
+    images[#images + 1] = c.image
+  end
+  return table.concat(names, ","), table.concat(images, ",")
+end
+
+local function selector_text(sel)
+  if not sel then return "<none>" end
+  local parts = {}
+  local keys = {}
+  for k in pairs(sel.matchLabels or {}) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. sel.matchLabels[k] end
+  for _, e in ipairs(sel.matchExpressions or {}) do
+    local op = e.operator == "In" and "in" or e.operator == "NotIn" and "notin" or nil
+    if op then parts[#parts + 1] = ("%s %s (%s)"):format(e.key, op, table.concat(e.values or {}, ","))
+    elseif e.operator == "Exists" then parts[#parts + 1] = e.key
+    elseif e.operator == "DoesNotExist" then parts[#parts + 1] = "!" .. e.key end
+  end
+  return #parts > 0 and table.concat(parts, ",") or "<none>"
+end
+
+local function map_text(m)
+  local keys = {}
+  for k in pairs(m or {}) do keys[#keys + 1] = k end
+  if #keys == 0 then return "<none>" end
+  table.sort(keys)
+  for i, k in ipairs(keys) do keys[i] = k .. "=" .. m[k] end
+  return table.concat(keys, ",")
+end
+
+-- ---- pods ----
+
+local function pod_status(pod)
+  local status = pod.status or {}
+  local reason = status.phase or "Pending"
+  if status.reason and status.reason ~= "" then reason = status.reason end
+  local init_statuses = status.initContainerStatuses or {}
+  local init_count = #((pod.spec or {}).initContainers or {})
+  local initializing = false
+  for i, c in ipairs(init_statuses) do
+    local st = c.state or {}
+    if st.terminated and st.terminated.exitCode == 0 then
+      -- done
+    elseif st.terminated then
+      if st.terminated.reason and st.terminated.reason ~= "" then reason = "Init:" .. st.terminated.reason
+      elseif st.terminated.signal and st.terminated.signal ~= 0 then reason = "Init:Signal:" .. st.terminated.signal
+      else reason = "Init:ExitCode:" .. st.terminated.exitCode end
+      initializing = true
+      break
+    elseif st.waiting and st.waiting.reason and st.waiting.reason ~= "" and st.waiting.reason ~= "PodInitializing" then
+      reason = "Init:" .. st.waiting.reason
+      initializing = true
+      break
+    else
+      reason = ("Init:%d/%d"):format(i - 1, init_count)
+      initializing = true
+      break
+    end
+  end
+  local ready, running = 0, false
+  local total = #((pod.spec or {}).containers or {})
+  local statuses = status.containerStatuses or {}
+  if not initializing then
+    for i = #statuses, 1, -1 do
+      local c = statuses[i]
+      local st = c.state or {}
+      if st.waiting and st.waiting.reason and st.waiting.reason ~= "" then
+        reason = st.waiting.reason
+      elseif st.terminated and st.terminated.reason and st.terminated.reason ~= "" then
+        reason = st.terminated.reason
+      elseif st.terminated then
+        reason = (st.terminated.signal and st.terminated.signal ~= 0) and ("Signal:" .. st.terminated.signal)
+          or ("ExitCode:" .. tostring(st.terminated.exitCode))
+      elseif c.ready and st.running then
+        running = true
+      end
+    end
+    if reason == "Completed" and running then
+      reason = "Running"
+      for _, cond in ipairs(status.conditions or {}) do
+        if cond.type == "Ready" and cond.status ~= "True" then reason = "NotReady" end
+      end
+    end
+  end
+  for _, c in ipairs(statuses) do if c.ready then ready = ready + 1 end end
+  if pod.metadata.deletionTimestamp then
+    reason = status.reason == "NodeLost" and "Unknown" or "Terminating"
+  end
+  return reason, ("%d/%d"):format(ready, total)
+end
+
+local function pod_restarts(sim, pod)
+  local restarts, last = 0, nil
+  local function count(list)
+    for _, c in ipairs(list or {}) do
+      restarts = restarts + (c.restartCount or 0)
+      local lt = c.lastState and c.lastState.terminated
+      local t = lt and util.parse_time(lt.finishedAt)
+      if t and (not last or t > last) then last = t end
+    end
+  end
+  count((pod.status or {}).containerStatuses)
+  if restarts > 0 and last then
+    return ("%d (%s ago)"):format(restarts, util.human_duration(sim.clock:now() - last))
+  end
+  return tostring(restarts)
+end
+
+local printers = {}
+
+printers.pods = {
+  columns = { NAME, col("Ready", "string", 0, "", "The aggregate readiness state of this pod for accepting traffic."),
+    col("Status", "string", 0, "", "The aggregate status of the containers in this pod."),
+    col("Restarts", "string", 0, "", "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+    col("Age"), col("IP", "string", 1), col("Node", "string", 1), col("Nominated Node", "string", 1),
+    col("Readiness Gates", "string", 1) },
+  row = function(sim, pod)
+    local reason, ready = pod_status(pod)
+    local gates = "<none>"
+    local rg = pod.spec and pod.spec.readinessGates
+    if rg and #rg > 0 then gates = ("0/%d"):format(#rg) end
+    return { pod.metadata.name, ready, reason, pod_restarts(sim, pod), age(sim, pod),
+      none(pod.status and pod.status.podIP), none(pod.spec and pod.spec.nodeName),
+      none(pod.status and pod.status.nominatedNodeName), gates }
+  end,
+}
+M.pod_status = pod_status
+
+printers.nodes = {
+  columns = { NAME, col("Status", "string", 0, "", "The status of the node"), col("Roles", "string", 0, "", "The roles of the node"),
+    col("Age"), col("Version", "string", 0, "", "Kubelet Version reported by the node."),
+    col("Internal-IP", "string", 1), col("External-IP", "string", 1), col("OS-Image", "string", 1),
+    col("Kernel-Version", "string", 1), col("Container-Runtime", "string", 1) },
+  row = function(sim, node)
+    local status = "Unknown"
+    for _, c in ipairs((node.status or {}).conditions or {}) do
+      if c.type == "Ready" then status = c.status == "True" and "Ready" or (c.status == "False" and "NotReady" or "Unknown") end
+    end
+    if node.spec and node.spec.unschedulable then status = status .. ",SchedulingDisabled" end
+    local roles = {}
+    for k in pairs(node.metadata.labels or {}) do
+      local role = k:match("^node%-role%.kubernetes%.io/(.+)$")
+      if role then roles[#roles + 1] = role end
+      if k == "kubernetes.io/role" then roles[#roles + 1] = node.metadata.labels[k] end
+    end
+    table.sort(roles)
+    local ips = { InternalIP = {}, ExternalIP = {} }
+    for _, a in ipairs((node.status or {}).addresses or {}) do
+      if ips[a.type] then table.insert(ips[a.type], a.address) end
+    end
+    local info = (node.status or {}).nodeInfo or {}
+    return { node.metadata.name, status, #roles > 0 and table.concat(roles, ",") or "<none>", age(sim, node),
+      info.kubeletVersion or "", ips.InternalIP[1] or "<none>", ips.ExternalIP[1] or "<none>",
+      info.osImage or "<unknown>", info.kernelVersion or "<unknown>", info.containerRuntimeVersion or "<unknown>" }
+  end,
+}
+
+printers.services = {
+  columns = { NAME, col("Type"), col("Cluster-IP"), col("External-IP"), col("Port(s)"), col("Age"), col("Selector", "string", 1) },
+  row = function(sim, svc)
+    local spec = svc.spec or {}
+    local typ = spec.type or "ClusterIP"
+    local external = "<none>"
+    if typ == "LoadBalancer" then
+      local ing = svc.status and svc.status.loadBalancer and svc.status.loadBalancer.ingress or {}
+      local addrs = {}
+      for _, i in ipairs(ing) do addrs[#addrs + 1] = i.ip or i.hostname end
+      for _, ip in ipairs(spec.externalIPs or {}) do addrs[#addrs + 1] = ip end
+      external = #addrs > 0 and table.concat(addrs, ",") or "<pending>"
+    elseif typ == "ExternalName" then
+      external = spec.externalName or "<none>"
+    elseif spec.externalIPs and #spec.externalIPs > 0 then
+      external = table.concat(spec.externalIPs, ",")
+    end
+    local ports = {}
+    for _, p in ipairs(spec.ports or {}) do
+      local proto = p.protocol or "TCP"
+      if p.nodePort and (typ == "NodePort" or typ == "LoadBalancer") then
+        ports[#ports + 1] = ("%d:%d/%s"):format(p.port, p.nodePort, proto)
+      else
+        ports[#ports + 1] = ("%d/%s"):format(p.port, proto)
+      end
+    end
+    return { svc.metadata.name, typ, none(spec.clusterIP), external, #ports > 0 and table.concat(ports, ",") or "<none>",
+      age(sim, svc), map_text(spec.selector) }
+  end,
+}
+
+local function data_count(obj)
+  local n = 0
+  for _ in pairs(obj.data or {}) do n = n + 1 end
+  for _ in pairs(obj.binaryData or {}) do n = n + 1 end
+  return n
+end
+
+printers.secrets = {
+  columns = { NAME, col("Type"), col("Data", "string"), col("Age") },
+  row = function(sim, s) return { s.metadata.name, s.type or "Opaque", tostring(data_count(s)), age(sim, s) } end,
+}
+
+printers.configmaps = {
+  columns = { NAME, col("Data", "string"), col("Age") },
+  row = function(sim, c) return { c.metadata.name, tostring(data_count(c)), age(sim, c) } end,
+}
+
+printers.namespaces = {
+  columns = { NAME, col("Status"), col("Age") },
+  row = function(sim, n) return { n.metadata.name, (n.status or {}).phase or "Active", age(sim, n) } end,
+}
+
+printers.serviceaccounts = {
+  columns = { NAME, col("Secrets", "string"), col("Age") },
+  row = function(sim, s) return { s.metadata.name, tostring(#(s.secrets or {})), age(sim, s) } end,
+}
+
+printers["statefulsets.apps"] = {
+  columns = { NAME, col("Ready"), col("Age"), col("Containers", "string", 1), col("Images", "string", 1) },
+  row = function(sim, s)
+    local names, images = containers_images(s.spec and s.spec.template and s.spec.template.spec)
+    local st = s.status or {}
+    return { s.metadata.name, ("%d/%d"):format(st.readyReplicas or 0, (s.spec or {}).replicas or 1), age(sim, s), names, images }
+  end,
+}
+
+printers["deployments.apps"] = {
+  columns = { NAME, col("Ready"), col("Up-to-date", "string"), col("Available", "string"), col("Age"),
+    col("Containers", "string", 1), col("Images", "string", 1), col("Selector", "string", 1) },
+  row = function(sim, d)
+    local st = d.status or {}
+    local names, images = containers_images(d.spec and d.spec.template and d.spec.template.spec)
+    return { d.metadata.name, ("%d/%d"):format(st.readyReplicas or 0, (d.spec or {}).replicas or 1),
+      tostring(st.updatedReplicas or 0), tostring(st.availableReplicas or 0), age(sim, d), names, images,
+      selector_text(d.spec and d.spec.selector) }
+  end,
+}
+
+printers["daemonsets.apps"] = {
+  columns = { NAME, col("Desired", "string"), col("Current", "string"), col("Ready", "string"), col("Up-to-date", "string"),
+    col("Available", "string"), col("Node Selector"), col("Age"), col("Containers", "string", 1),
+    col("Images", "string", 1), col("Selector", "string", 1) },
+  row = function(sim, d)
+    local st = d.status or {}
+    local tspec = d.spec and d.spec.template and d.spec.template.spec or {}
+    local names, images = containers_images(tspec)
+    return { d.metadata.name, tostring(st.desiredNumberScheduled or 0), tostring(st.currentNumberScheduled or 0),
+      tostring(st.numberReady or 0), tostring(st.updatedNumberScheduled or 0), tostring(st.numberAvailable or 0),
+      map_text(tspec.nodeSelector), age(sim, d), names, images, selector_text(d.spec and d.spec.selector) }
+  end,
+}
+
+printers["replicasets.apps"] = {
+  columns = { NAME, col("Desired", "string"), col("Current", "string"), col("Ready", "string"), col("Age"),
+    col("Containers", "string", 1), col("Images", "string", 1), col("Selector", "string", 1) },
+  row = function(sim, r)
+    local st = r.status or {}
+    local names, images = containers_images(r.spec and r.spec.template and r.spec.template.spec)
+    return { r.metadata.name, tostring((r.spec or {}).replicas or 1), tostring(st.replicas or 0),
+      tostring(st.readyReplicas or 0), age(sim, r), names, images, selector_text(r.spec and r.spec.selector) }
+  end,
+}
+
+printers["jobs.batch"] = {
+  columns = { NAME, col("Completions"), col("Duration"), col("Age"), col("Containers", "string", 1),
+    col("Images", "string", 1), col("Selector", "string", 1) },
+  row = function(sim, j)
+    local st, spec = j.status or {}, j.spec or {}
+    local completions = spec.completions and ("%d/%d"):format(st.succeeded or 0, spec.completions)
+      or ("%d/1 of %d"):format(st.succeeded or 0, spec.parallelism or 1)
+    local duration = ""
+    local start = util.parse_time(st.startTime)
+    if start then
+      local finish = util.parse_time(st.completionTime) or sim.clock:now()
+      duration = util.human_duration(finish - start)
+    end
+    local names, images = containers_images(spec.template and spec.template.spec)
+    return { j.metadata.name, completions, duration, age(sim, j), names, images, selector_text(spec.selector) }
+  end,
+}
+
+printers["cronjobs.batch"] = {
+  columns = { NAME, col("Schedule"), col("Timezone"), col("Suspend", "boolean"), col("Active", "integer"),
+    col("Last Schedule"), col("Age"), col("Containers", "string", 1), col("Images", "string", 1), col("Selector", "string", 1) },
+  row = function(sim, c)
+    local spec, st = c.spec or {}, c.status or {}
+    local tspec = spec.jobTemplate and spec.jobTemplate.spec and spec.jobTemplate.spec.template and spec.jobTemplate.spec.template.spec
+    local names, images = containers_images(tspec)
+    return { c.metadata.name, spec.schedule or "", spec.timeZone or "<none>", spec.suspend == true, #(st.active or {}),
+      st.lastScheduleTime and since(sim, st.lastScheduleTime) or "<none>", age(sim, c), names, images,
+      selector_text(spec.jobTemplate and spec.jobTemplate.spec and spec.jobTemplate.spec.selector) }
+  end,
+}
+
+local function access_modes(modes)
+  local short = { ReadWriteOnce = "RWO", ReadOnlyMany = "ROX", ReadWriteMany = "RWX", ReadWriteOncePod = "RWOP" }
+  local out = {}
+  for _, m in ipairs(modes or {}) do out[#out + 1] = short[m] or m end
+  return table.concat(out, ",")
+end
+
+printers.persistentvolumes = {
+  columns = { NAME, col("Capacity"), col("Access Modes"), col("Reclaim Policy"), col("Status"), col("Claim"),
+    col("StorageClass"), col("VolumeAttributesClass"), col("Reason"), col("Age"), col("VolumeMode", "string", 1) },
+  row = function(sim, pv)
+    local spec, st = pv.spec or {}, pv.status or {}
+    local claim = spec.claimRef and (spec.claimRef.namespace .. "/" .. spec.claimRef.name) or ""
+    return { pv.metadata.name, (spec.capacity or {}).storage or "", access_modes(spec.accessModes),
+      spec.persistentVolumeReclaimPolicy or "Retain", st.phase or "Pending", claim, spec.storageClassName or "",
+      spec.volumeAttributesClassName or "<unset>", st.reason or "", age(sim, pv), spec.volumeMode or "Filesystem" }
+  end,
+}
+
+printers.persistentvolumeclaims = {
+  columns = { NAME, col("Status"), col("Volume"), col("Capacity"), col("Access Modes"), col("StorageClass"),
+    col("VolumeAttributesClass"), col("Age"), col("VolumeMode", "string", 1) },
+  row = function(sim, pvc)
+    local spec, st = pvc.spec or {}, pvc.status or {}
+    local phase = st.phase or "Pending"
+    if pvc.metadata.deletionTimestamp then phase = "Terminating" end
+    return { pvc.metadata.name, phase, spec.volumeName or "", (st.capacity or {}).storage or "",
+      access_modes(st.accessModes), spec.storageClassName or "", spec.volumeAttributesClassName or "<unset>",
+      age(sim, pvc), spec.volumeMode or "Filesystem" }
+  end,
+}
+
+printers.events = {
+  columns = { col("Last Seen"), col("Type"), col("Reason"), col("Object"), col("Subobject", "string", 1),
+    col("Source", "string", 1), col("Message"), col("First Seen", "string", 1), col("Count", "string", 1), col("Name", "string", 1) },
+  row = function(sim, e)
+    local io = e.involvedObject or {}
+    local last = e.lastTimestamp or e.eventTime or e.metadata.creationTimestamp
+    local first = e.firstTimestamp or e.eventTime or e.metadata.creationTimestamp
+    local source = e.source and e.source.component or e.reportingComponent or ""
+    if e.source and e.source.host then source = source .. ", " .. e.source.host end
+    return { since(sim, last), e.type or "Normal", e.reason or "", (io.kind or ""):lower() .. "/" .. (io.name or ""),
+      io.fieldPath or "", source, e.message or "", since(sim, first), tostring(e.count or 1), e.metadata.name }
+  end,
+}
+
+printers["clusterroles.rbac.authorization.k8s.io"] = {
+  columns = { NAME, col("Created At", "date") },
+  row = function(_, r) return { r.metadata.name, r.metadata.creationTimestamp } end,
+}
+printers["roles.rbac.authorization.k8s.io"] = printers["clusterroles.rbac.authorization.k8s.io"]
+
+local function binding_subjects(b, kind)
+  local out = {}
+  for _, s in ipairs(b.subjects or {}) do
+    if s.kind == kind then out[#out + 1] = kind == "ServiceAccount" and ((s.namespace or "") .. "/" .. s.name) or s.name end
+  end
+  return table.concat(out, ", ")
+end
+
+printers["clusterrolebindings.rbac.authorization.k8s.io"] = {
+  columns = { NAME, col("Role"), col("Age"), col("Users", "string", 1), col("Groups", "string", 1), col("ServiceAccounts", "string", 1) },
+  row = function(sim, b)
+    local ref = b.roleRef or {}
+    return { b.metadata.name, (ref.kind or "") .. "/" .. (ref.name or ""), age(sim, b), binding_subjects(b, "User"),
+      binding_subjects(b, "Group"), binding_subjects(b, "ServiceAccount") }
+  end,
+}
+printers["rolebindings.rbac.authorization.k8s.io"] = printers["clusterrolebindings.rbac.authorization.k8s.io"]
+
+printers.endpoints = {
+  columns = { NAME, col("Endpoints"), col("Age") },
+  row = function(sim, ep)
+    local out = {}
+    for _, s in ipairs(ep.subsets or {}) do
+      for _, a in ipairs(s.addresses or {}) do
+        for _, p in ipairs(s.ports or {}) do out[#out + 1] = a.ip .. ":" .. p.port end
+      end
+    end
+    return { ep.metadata.name, #out > 0 and table.concat(out, ",") or "<none>", age(sim, ep) }
+  end,
+}
+
+printers["ingresses.networking.k8s.io"] = {
+  columns = { NAME, col("Class"), col("Hosts"), col("Address"), col("Ports"), col("Age") },
+  row = function(sim, i)
+    local hosts = {}
+    for _, r in ipairs((i.spec or {}).rules or {}) do hosts[#hosts + 1] = r.host or "*" end
+    local addrs = {}
+    for _, a in ipairs(i.status and i.status.loadBalancer and i.status.loadBalancer.ingress or {}) do addrs[#addrs + 1] = a.ip or a.hostname end
+    return { i.metadata.name, (i.spec or {}).ingressClassName or "<none>", #hosts > 0 and table.concat(hosts, ",") or "*",
+      table.concat(addrs, ","), (i.spec and i.spec.tls) and "80, 443" or "80", age(sim, i) }
+  end,
+}
+
+printers["storageclasses.storage.k8s.io"] = {
+  columns = { NAME, col("Provisioner"), col("ReclaimPolicy"), col("VolumeBindingMode"), col("AllowVolumeExpansion"), col("Age") },
+  row = function(sim, s)
+    local name = s.metadata.name
+    if (s.metadata.annotations or {})["storageclass.kubernetes.io/is-default-class"] == "true" then name = name .. " (default)" end
+    return { name, s.provisioner or "", s.reclaimPolicy or "Delete", s.volumeBindingMode or "Immediate",
+      tostring(s.allowVolumeExpansion or false), age(sim, s) }
+  end,
+}
+
+local default_printer = {
+  columns = { NAME, col("Created At", "date", 0, "", "CreationTimestamp is a timestamp representing the server time when this object was created.") },
+  row = function(_, obj) return { obj.metadata.name, obj.metadata.creationTimestamp } end,
+}
+
+--- A meta.k8s.io/v1 Table of objects of type t. Rows carry PartialObjectMetadata
+--- (includeObject=Metadata, kubectl's default) or the object (includeObject=Object).
+function M.table(sim, t, objects, query, rv)
+  local p = printers[t.shared_with or t.key] or default_printer
+  local include = query and query.includeObject or "Metadata"
+  local rows = array()
+  for _, obj in ipairs(objects) do
+    local row = { cells = array(p.row(sim, obj)) }
+    if include == "Object" then
+      row.object = obj
+    elseif include ~= "None" then
+      row.object = { kind = "PartialObjectMetadata", apiVersion = "meta.k8s.io/v1", metadata = obj.metadata }
+    end
+    rows[#rows + 1] = row
+  end
+  local cols = array()
+  for i, c in ipairs(p.columns) do cols[i] = c end
+  return { kind = "Table", apiVersion = "meta.k8s.io/v1", metadata = { resourceVersion = tostring(rv) },
+    columnDefinitions = cols, rows = rows }
+end
+
+return M

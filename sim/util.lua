@@ -1,0 +1,242 @@
+-- Small pieces the simulator shares: copies, paths, selectors, names, times.
+local M = {}
+
+function M.copy(v)
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do out[k] = M.copy(x) end
+  return setmetatable(out, getmetatable(v))
+end
+
+--- Follow a dotted path ("status.phase", "metadata.labels.app") through tables.
+function M.get_path(obj, path)
+  local v = obj
+  for part in path:gmatch("[^.]+") do
+    if type(v) ~= "table" then return nil end
+    v = v[part]
+  end
+  return v
+end
+
+--- The table at a dotted path, created on the way.
+function M.ensure(obj, path)
+  local v = obj
+  for part in path:gmatch("[^.]+") do
+    if type(v[part]) ~= "table" then v[part] = {} end
+    v = v[part]
+  end
+  return v
+end
+
+-- ---- label selectors (equality- and set-based, as kubectl -l writes them) ----
+
+local function split_top(s)
+  local parts, depth, start = {}, 0, 1
+  for i = 1, #s do
+    local c = s:sub(i, i)
+    if c == "(" then depth = depth + 1
+    elseif c == ")" then depth = depth - 1
+    elseif c == "," and depth == 0 then
+      parts[#parts + 1] = s:sub(start, i - 1)
+      start = i + 1
+    end
+  end
+  parts[#parts + 1] = s:sub(start)
+  return parts
+end
+
+local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
+
+local function value_set(list)
+  local set = {}
+  for v in list:gmatch("[^,%s]+") do set[v] = true end
+  return set
+end
+
+--- Parse a label selector into a list of requirements, or nil, message.
+function M.parse_labels(s)
+  local reqs = {}
+  if not s or s == "" then return reqs end
+  for _, part in ipairs(split_top(s)) do
+    part = trim(part)
+    local key, op, rest
+    key, rest = part:match("^([%w%._/%-]+)%s+in%s+%((.*)%)$")
+    if key then
+      reqs[#reqs + 1] = { key = key, op = "in", values = value_set(rest) }
+    else
+      key, rest = part:match("^([%w%._/%-]+)%s+notin%s+%((.*)%)$")
+      if key then
+        reqs[#reqs + 1] = { key = key, op = "notin", values = value_set(rest) }
+      else
+        key, op, rest = part:match("^([%w%._/%-]+)%s*([!=]=?)%s*([%w%._%-]*)$")
+        if key and (op == "=" or op == "==" or op == "!=") then
+          reqs[#reqs + 1] = { key = key, op = op == "!=" and "!=" or "=", value = rest }
+        elseif part:match("^![%w%._/%-]+$") then
+          reqs[#reqs + 1] = { key = part:sub(2), op = "!exists" }
+        elseif part:match("^[%w%._/%-]+$") then
+          reqs[#reqs + 1] = { key = part, op = "exists" }
+        else
+          return nil, ("unable to parse requirement: %q"):format(part)
+        end
+      end
+    end
+  end
+  return reqs
+end
+
+function M.match_labels(reqs, labels)
+  labels = labels or {}
+  for _, r in ipairs(reqs) do
+    local v = labels[r.key]
+    if r.op == "=" and v ~= r.value then return false end
+    if r.op == "!=" and v == r.value then return false end
+    if r.op == "in" and not (v and r.values[v]) then return false end
+    if r.op == "notin" and v and r.values[v] then return false end
+    if r.op == "exists" and v == nil then return false end
+    if r.op == "!exists" and v ~= nil then return false end
+  end
+  return true
+end
+
+--- A field selector: "spec.nodeName=n1,status.phase!=Failed".
+function M.parse_fields(s)
+  local reqs = {}
+  if not s or s == "" then return reqs end
+  for part in s:gmatch("[^,]+") do
+    local key, op, value = part:match("^%s*([%w%.]+)%s*([!=]=?)%s*(.-)%s*$")
+    if not key then return nil, ("invalid field selector: %q"):format(part) end
+    reqs[#reqs + 1] = { key = key, op = op == "!=" and "!=" or "=", value = value }
+  end
+  return reqs
+end
+
+local function field_text(v)
+  if v == nil then return "" end
+  if type(v) == "boolean" then return tostring(v) end
+  return tostring(v)
+end
+
+function M.match_fields(reqs, obj)
+  for _, r in ipairs(reqs) do
+    local v = field_text(M.get_path(obj, r.key))
+    if r.op == "=" and v ~= r.value then return false end
+    if r.op == "!=" and v == r.value then return false end
+  end
+  return true
+end
+
+-- ---- names and ids ----
+
+local NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789" -- as the apiserver's generateName uses
+
+function M.random_suffix(n)
+  local out = {}
+  for i = 1, n do
+    local k = math.random(#NAME_CHARS)
+    out[i] = NAME_CHARS:sub(k, k)
+  end
+  return table.concat(out)
+end
+
+function M.uuid()
+  local t = {}
+  for i = 1, 16 do t[i] = math.random(0, 255) end
+  t[7] = (t[7] & 0x0f) | 0x40
+  t[9] = (t[9] & 0x3f) | 0x80
+  local h = {}
+  for i = 1, 16 do h[i] = ("%02x"):format(t[i]) end
+  return table.concat(h, "", 1, 4) .. "-" .. table.concat(h, "", 5, 6) .. "-" ..
+    table.concat(h, "", 7, 8) .. "-" .. table.concat(h, "", 9, 10) .. "-" .. table.concat(h, "", 11, 16)
+end
+
+-- ---- base64 (Secret data) ----
+
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+function M.base64(s)
+  return ((s:gsub(".", function(c)
+    local b, out = c:byte(), ""
+    for i = 8, 1, -1 do out = out .. ((b >> (i - 1)) & 1) end
+    return out
+  end) .. "0000"):gsub("%d%d%d?%d?%d?%d?", function(bits)
+    if #bits < 6 then return "" end
+    local n = tonumber(bits, 2)
+    return B64:sub(n + 1, n + 1)
+  end) .. ({ "", "==", "=" })[#s % 3 + 1])
+end
+
+function M.unbase64(s)
+  s = s:gsub("[^%w%+/=]", "")
+  return (s:gsub(".", function(c)
+    if c == "=" then return "" end
+    local n = B64:find(c, 1, true) - 1
+    local out = ""
+    for i = 6, 1, -1 do out = out .. ((n >> (i - 1)) & 1) end
+    return out
+  end):gsub("%d%d%d?%d?%d?%d?%d?%d?", function(bits)
+    if #bits ~= 8 then return "" end
+    return string.char(tonumber(bits, 2))
+  end))
+end
+
+-- ---- time ----
+
+function M.rfc3339(t)
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
+end
+
+function M.rfc3339_micro(t)
+  local frac = math.floor((t - math.floor(t)) * 1e6)
+  return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t)) .. (".%06dZ"):format(frac)
+end
+
+--- Seconds since the epoch from an RFC 3339 time (UTC "Z" or an offset).
+function M.parse_time(s)
+  if type(s) ~= "string" then return nil end
+  local y, mo, d, h, mi, sec, frac, zone = s:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)(%.?%d*)(.*)$")
+  if not y then return nil end
+  local t = os.time { year = tonumber(y), month = tonumber(mo), day = tonumber(d),
+                      hour = tonumber(h), min = tonumber(mi), sec = tonumber(sec), isdst = false }
+  -- os.time reads local time: correct by the local offset at that moment
+  local utc = os.time(os.date("!*t", t))
+  t = t + (t - utc)
+  if zone ~= "Z" and zone ~= "" then
+    local sign, oh, om = zone:match("^([+-])(%d%d):?(%d%d)$")
+    if sign then
+      local off = tonumber(oh) * 3600 + tonumber(om) * 60
+      t = sign == "+" and t - off or t + off
+    end
+  end
+  return t + (tonumber("0" .. frac) or 0)
+end
+
+--- Age as kubectl prints it (duration.HumanDuration): 5s, 3m12s, 5h, 3d4h, 400d.
+function M.human_duration(d)
+  d = math.floor(d)
+  if d < 0 then d = 0 end
+  if d < 60 * 2 then return d .. "s" end
+  local minutes = d // 60
+  if minutes < 10 then
+    local s = d % 60
+    return s == 0 and (minutes .. "m") or (minutes .. "m" .. s .. "s")
+  end
+  if minutes < 60 * 3 then return minutes .. "m" end
+  local hours = d // 3600
+  if hours < 8 then
+    local m = minutes % 60
+    return m == 0 and (hours .. "h") or (hours .. "h" .. m .. "m")
+  end
+  if hours < 48 then return hours .. "h" end
+  if hours < 24 * 8 then
+    local h = hours % 24
+    return h == 0 and ((hours // 24) .. "d") or ((hours // 24) .. "d" .. h .. "h")
+  end
+  if hours < 24 * 365 * 2 then return (hours // 24) .. "d" end
+  if hours < 24 * 365 * 8 then
+    local days = (hours // 24) % 365
+    return days == 0 and ((hours // 24 // 365) .. "y") or ((hours // 24 // 365) .. "y" .. days .. "d")
+  end
+  return (hours // 24 // 365) .. "y"
+end
+
+return M
