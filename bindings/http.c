@@ -434,14 +434,14 @@ static http_req *build_request(lua_State *L, int o, int streaming) {
   size_t url_len;
   const char *url = opt_string(L, o, "url", &url_len);
   if (!url) luaL_error(L, "http request needs a url");
-  http_req *r = calloc(1, sizeof *r);
-  if (!r) luaL_error(L, "out of memory");
-  r->easy = curl_easy_init();
-  if (!r->easy) {
-    free(r);
+  CURL *e = curl_easy_init();
+  http_req *r = e ? calloc(1, sizeof *r) : NULL;
+  if (!r) {
+    if (e) curl_easy_cleanup(e);
     luaL_error(L, "out of memory");
+    return NULL;
   }
-  CURL *e = r->easy;
+  r->easy = e;
   r->streaming = streaming;
   r->limit = (size_t)opt_number(L, o, streaming ? "buffer" : "max_body",
                                 streaming ? DEFAULT_BUFFER_LIMIT : DEFAULT_MAX_BODY);

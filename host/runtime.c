@@ -282,6 +282,29 @@ void vq_close(vq_runtime *rt) {
   free(rt);
 }
 
+static int report_load_error(vq_runtime *rt) {
+  const char *msg = lua_tostring(rt->L, -1);
+  vq_console_write(rt, 2, "vqlua: ", 7);
+  vq_console_write(rt, 2, msg, strlen(msg));
+  vq_console_write(rt, 2, "\n", 1);
+  lua_pop(rt->L, 1);
+  return 1;
+}
+
+/* The REPL lives in the plugin vq.core.repl (it links libedit, which scripts never need). */
+int vq_repl_run(vq_runtime *rt) {
+  lua_State *L = rt->L;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "vq.core.repl");
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) return report_load_error(rt);
+  lua_getfield(L, -1, "run");
+  lua_remove(L, -2);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) return report_load_error(rt);
+  int status = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return status;
+}
+
 int vq_step(vq_runtime *rt, uv_run_mode mode) { return uv_run(&rt->loop, mode); }
 
 /* ---- running chunks as the main task ---- */
@@ -328,14 +351,6 @@ static int run_loaded_chunk(vq_runtime *rt, int nargs) {
   return rt->exit_status;
 }
 
-static int report_load_error(vq_runtime *rt) {
-  const char *msg = lua_tostring(rt->L, -1);
-  vq_console_write(rt, 2, "vqlua: ", 7);
-  vq_console_write(rt, 2, msg, strlen(msg));
-  vq_console_write(rt, 2, "\n", 1);
-  lua_pop(rt->L, 1);
-  return 1;
-}
 
 /* arg as lua.c builds it: arg[0] the script, arg[1..] its arguments, the interpreter's
  * own words at negative indices. */
