@@ -12,7 +12,7 @@ static int error_tostring(lua_State *L) {
   lua_getfield(L, 1, "message");
   lua_getfield(L, 1, "code");
   const char *message = lua_tostring(L, -2);
-  const char *code = lua_tostring(L, -1);
+  const char *code = lua_tostring(L, -1); /* a number converts: "not found (404)" */
   if (message && code) lua_pushfstring(L, "%s (%s)", message, code);
   else if (message) lua_pushstring(L, message);
   else lua_pushfstring(L, "error %s", code ? code : "?");

@@ -64,6 +64,8 @@ struct vq_runtime {
   vq_task *current;         /* the task whose coroutine is running now */
   int exit_status;
   int callback_errors;      /* errors raised in luv callbacks */
+  uv_timer_t grace_timer;   /* bounds the unwinding after a failed main task */
+  int grace_started, grace_over;
 
   /* Ctrl-C */
   uv_async_t sigint_async;

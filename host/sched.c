@@ -132,11 +132,14 @@ void vq_wait_done(vq_wait *w, int nresults) {
   make_ready(t, nresults);
 }
 
+/* A timeout stays in force until its vq.timeout scope ends (clear_interrupt), so code that
+ * retries after a failed wait cannot outlive the deadline; a cancellation is delivered once,
+ * so that clean-up may still wait. */
 static void deliver_interrupt(vq_task *t) {
   vq_wait *w = t->wait;
   const char *code = t->interrupt;
   lua_State *co = t->co;
-  t->interrupt = NULL;
+  if (strcmp(code, "timeout") != 0) t->interrupt = NULL;
   t->wait = NULL;
   w->cancel(w);
   if (strcmp(code, "timeout") == 0) {
@@ -260,6 +263,10 @@ static void task_finish(vq_task *t, int ok, int nres) {
   }
   /* With the main task gone, nothing can join a failed task any more. */
   if (t == rt->main_task && !ok) rt->exit_status = 1;
+  /* A failed main ends the program once its tasks have unwound, even if luv handles
+   * (a server a script left listening) would keep the loop alive. */
+  vq_task *m = rt->main_task;
+  if (m && m->state == VQ_TASK_DONE && !m->ok) uv_stop(&rt->loop);
 }
 
 /* ---- outcome ---- */
@@ -540,10 +547,16 @@ static int l_stats(lua_State *L) {
 }
 
 /* error(code, message [, details]): the error table primitives return. */
+/* error(code, message [, details]): the error table primitives return. The code keeps
+ * its type, so that an HTTP status stays a number. */
 static int l_error(lua_State *L) {
-  const char *code = luaL_checkstring(L, 1);
-  const char *message = luaL_optstring(L, 2, code);
-  vq_push_error_table(L, code, "%s", message);
+  int t = lua_type(L, 1);
+  luaL_argcheck(L, t == LUA_TSTRING || t == LUA_TNUMBER, 1, "a string or a number");
+  lua_settop(L, 3);
+  lua_pushvalue(L, 1);
+  const char *code_text = lua_tostring(L, 4); /* converts the copy, not the original */
+  const char *message = luaL_optstring(L, 2, code_text);
+  vq_push_error_table(L, code_text, "%s", message);
   if (lua_istable(L, 3)) {
     lua_pushnil(L);
     while (lua_next(L, 3)) {
@@ -551,11 +564,11 @@ static int l_error(lua_State *L) {
       lua_insert(L, -2);
       lua_settable(L, -4);
     }
-    lua_pushstring(L, code);
-    lua_setfield(L, -2, "code");
     lua_pushstring(L, message);
     lua_setfield(L, -2, "message");
   }
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "code");
   return 1;
 }
 
@@ -610,24 +623,48 @@ static void cancel_all(vq_runtime *rt, lua_State *L) {
   }
 }
 
+static void on_grace_over(uv_timer_t *timer) {
+  vq_runtime *rt = timer->data;
+  rt->grace_over = 1;
+  uv_stop(&rt->loop);
+}
+
+/* After a failed main, the other tasks get a few seconds to unwind. */
+static void start_grace(vq_runtime *rt) {
+  uv_timer_init(&rt->loop, &rt->grace_timer);
+  rt->grace_timer.data = rt;
+  uv_timer_start(&rt->grace_timer, on_grace_over, 5000, 0);
+  uv_unref((uv_handle_t *)&rt->grace_timer);
+  rt->grace_started = 1;
+}
+
 int vq_sched_run_main(vq_runtime *rt, vq_task *main) {
-  int cancelled_rest = 0;
   rt->main_task = main;
+  rt->grace_over = 0;
   for (;;) {
     uv_run(&rt->loop, UV_RUN_DEFAULT);
-    if (main->state == VQ_TASK_DONE && !main->ok && !cancelled_rest && rt->live_tasks) {
-      cancelled_rest = 1;
+    int main_failed = main->state == VQ_TASK_DONE && !main->ok;
+    if (main_failed && !rt->grace_started && rt->live_tasks) {
+      start_grace(rt);
       cancel_all(rt, rt->L);
       continue;
     }
     if (rt->live_tasks == 0) break;
-    if (uv_loop_alive(&rt->loop)) continue;
+    if (rt->grace_over) {
+      fprintf(stderr, "vqlua: %lu task(s) did not end after the main task failed\n", rt->live_tasks);
+      break;
+    }
+    if (uv_loop_alive(&rt->loop) || main_failed) continue;
     /* Nothing can wake the tasks that are left. */
     fprintf(stderr, "vqlua: %lu task(s) wait on nothing that can wake them; cancelling\n",
             rt->live_tasks);
     if (rt->exit_status == 0) rt->exit_status = 1;
     cancel_all(rt, rt->L);
     if (!uv_loop_alive(&rt->loop)) break;
+  }
+  if (rt->grace_started) {
+    uv_close((uv_handle_t *)&rt->grace_timer, NULL);
+    rt->grace_started = 0;
   }
   return rt->exit_status;
 }

@@ -85,8 +85,19 @@ function Sim:write_kubeconfig(path, opts)
   return path
 end
 
+--- Run fn when the simulator stops (a module closing its handles, stopping a child).
+function Sim:on_stop(fn)
+  self.stoppers[#self.stoppers + 1] = fn
+end
+
 function Sim:stop()
   for _, t in ipairs(self.tasks) do t:cancel() end
+  local stoppers = self.stoppers
+  self.stoppers = {}
+  for i = #stoppers, 1, -1 do
+    local ok, err = pcall(stoppers[i])
+    if not ok then require("log").error("sim: stopping: %s", tostring(err)) end
+  end
   if self.server then self.server.close() end
   self.stopped = true
 end
@@ -111,7 +122,7 @@ function M.start(opts)
     store = store_mod.new { window = opts.window },
     speed = opts.speed or 1,
     bookmark_interval = opts.bookmark_interval or 1,
-    tasks = {},
+    tasks = {}, stoppers = {},
     admission = {}, subresources = {}, create_handlers = {}, convert = {}, extra_routes = {},
     token = opts.token or ("vqsim-" .. require("sim.util").random_suffix(24)),
     scenarios = {},
@@ -141,7 +152,8 @@ end
 --- subresources, controllers, the world and scenarios.
 function M.default_modules()
   local mods = {}
-  for _, name in ipairs { "sim.auth", "sim.core", "sim.controllers", "sim.logs", "sim.world", "sim.scenarios" } do
+  for _, name in ipairs { "sim.auth", "sim.core", "sim.controllers", "sim.logs", "sim.exec", "sim.proxy",
+                          "sim.world", "sim.scenarios", "sim.edge" } do
     if package.searchpath(name, package.path) then mods[#mods + 1] = name end
   end
   return mods

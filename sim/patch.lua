@@ -370,10 +370,25 @@ function M.record_manager(new, manager, operation, now, subresource, old)
   else
     paths = field_set(subresource == "status" and { status = new.status } or new)
   end
+  -- A field changed by an update moves to the updater: the others no longer own it.
+  local changed = {}
+  for _, p in ipairs(paths) do changed[path_key(p)] = true end
   local mine
+  local kept = array()
   for _, e in ipairs(entries) do
-    if e.manager == manager and e.operation == operation and (e.subresource or "") == (subresource or "") then mine = e end
+    if e.manager == manager and e.operation == operation and (e.subresource or "") == (subresource or "") then
+      mine = e
+      kept[#kept + 1] = e
+    else
+      local keep = {}
+      for _, p in ipairs(from_fields_v1(e.fieldsV1 or {})) do
+        if not changed[path_key(p)] then keep[#keep + 1] = p end
+      end
+      e.fieldsV1 = to_fields_v1(keep)
+      if next(e.fieldsV1) then kept[#kept + 1] = e end
+    end
   end
+  entries = kept
   if not mine then
     if #paths == 0 then return end
     mine = { manager = manager, operation = operation, apiVersion = new.apiVersion, fieldsType = "FieldsV1",

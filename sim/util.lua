@@ -149,94 +149,12 @@ function M.uuid()
     table.concat(h, "", 7, 8) .. "-" .. table.concat(h, "", 9, 10) .. "-" .. table.concat(h, "", 11, 16)
 end
 
--- ---- base64 (Secret data) ----
+-- ---- shared with the client: base64 and times ----
 
-local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-function M.base64(s)
-  return ((s:gsub(".", function(c)
-    local b, out = c:byte(), ""
-    for i = 8, 1, -1 do out = out .. ((b >> (i - 1)) & 1) end
-    return out
-  end) .. "0000"):gsub("%d%d%d?%d?%d?%d?", function(bits)
-    if #bits < 6 then return "" end
-    local n = tonumber(bits, 2)
-    return B64:sub(n + 1, n + 1)
-  end) .. ({ "", "==", "=" })[#s % 3 + 1])
-end
-
-function M.unbase64(s)
-  s = s:gsub("[^%w%+/=]", "")
-  return (s:gsub(".", function(c)
-    if c == "=" then return "" end
-    local n = B64:find(c, 1, true) - 1
-    local out = ""
-    for i = 6, 1, -1 do out = out .. ((n >> (i - 1)) & 1) end
-    return out
-  end):gsub("%d%d%d?%d?%d?%d?%d?%d?", function(bits)
-    if #bits ~= 8 then return "" end
-    return string.char(tonumber(bits, 2))
-  end))
-end
-
--- ---- time ----
-
-function M.rfc3339(t)
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
-end
-
-function M.rfc3339_micro(t)
-  local frac = math.floor((t - math.floor(t)) * 1e6)
-  return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t)) .. (".%06dZ"):format(frac)
-end
-
---- Seconds since the epoch from an RFC 3339 time (UTC "Z" or an offset).
-function M.parse_time(s)
-  if type(s) ~= "string" then return nil end
-  local y, mo, d, h, mi, sec, frac, zone = s:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)(%.?%d*)(.*)$")
-  if not y then return nil end
-  local t = os.time { year = tonumber(y), month = tonumber(mo), day = tonumber(d),
-                      hour = tonumber(h), min = tonumber(mi), sec = tonumber(sec), isdst = false }
-  -- os.time reads local time: correct by the local offset at that moment
-  local utc = os.time(os.date("!*t", t))
-  t = t + (t - utc)
-  if zone ~= "Z" and zone ~= "" then
-    local sign, oh, om = zone:match("^([+-])(%d%d):?(%d%d)$")
-    if sign then
-      local off = tonumber(oh) * 3600 + tonumber(om) * 60
-      t = sign == "+" and t - off or t + off
-    end
-  end
-  return t + (tonumber("0" .. frac) or 0)
-end
-
---- Age as kubectl prints it (duration.HumanDuration): 5s, 3m12s, 5h, 3d4h, 400d.
-function M.human_duration(d)
-  d = math.floor(d)
-  if d < 0 then d = 0 end
-  if d < 60 * 2 then return d .. "s" end
-  local minutes = d // 60
-  if minutes < 10 then
-    local s = d % 60
-    return s == 0 and (minutes .. "m") or (minutes .. "m" .. s .. "s")
-  end
-  if minutes < 60 * 3 then return minutes .. "m" end
-  local hours = d // 3600
-  if hours < 8 then
-    local m = minutes % 60
-    return m == 0 and (hours .. "h") or (hours .. "h" .. m .. "m")
-  end
-  if hours < 48 then return hours .. "h" end
-  if hours < 24 * 8 then
-    local h = hours % 24
-    return h == 0 and ((hours // 24) .. "d") or ((hours // 24) .. "d" .. h .. "h")
-  end
-  if hours < 24 * 365 * 2 then return (hours // 24) .. "d" end
-  if hours < 24 * 365 * 8 then
-    local days = (hours // 24) % 365
-    return days == 0 and ((hours // 24 // 365) .. "y") or ((hours // 24 // 365) .. "y" .. days .. "d")
-  end
-  return (hours // 24 // 365) .. "y"
-end
+local base64 = require "vq.base64"
+local time = require "vq.time"
+M.base64, M.unbase64 = base64.encode, base64.decode
+M.rfc3339, M.rfc3339_micro, M.parse_time = time.format, time.format_micro, time.parse
+M.human_duration = time.human_duration
 
 return M

@@ -28,7 +28,7 @@ function vq.timeout(seconds, fn, ...)
   end)
   local results = table.pack(pcall(fn, ...))
   timer:close()
-  core.clear_interrupt(me)
+  if fired then core.clear_interrupt(me) end
   if fired then return nil, err("timeout", ("timed out after %gs"):format(seconds)) end
   if not results[1] then error(results[2], 0) end
   return table.unpack(results, 2, results.n)
