@@ -22,7 +22,10 @@ static const char usage[] =
   "  --audit FILE   append a JSON-lines audit log to FILE (mode 0600)\n"
   "  --log-level L  debug, info (the default), warn or error\n"
   "  --color, --no-color\n"
-  "  --rehearse     run a runbook against the built-in Kubernetes simulator\n"
+  "  --rehearse     run a runbook against the built-in Kubernetes simulator, on a\n"
+  "                 scratch copy of its tools dir; nothing outside is touched\n"
+  "  --world W      with --rehearse: development, production (default) or a world file\n"
+  "  --scenario S   with --rehearse: start the simulator with a fault scenario\n"
   "  --             stop handling options\n"
   "  -              run standard input\n"
   "Lua modules are found in VQ_PATH (':'-separated folders), then scripts/lib next to the\n"
@@ -40,6 +43,9 @@ typedef struct cli {
   int interactive;
   int version;
   int rehearse;
+  const char *world;
+  const char **scenarios;
+  int nscenarios;
   int script;         /* index of the script in argv, or 0 */
 } cli;
 
@@ -93,10 +99,12 @@ static int parse(cli *c, int argc, char **argv) {
     if (strcmp(a, "--no-color") == 0) { c->options.color = -1; continue; }
     if (strcmp(a, "--rehearse") == 0) { c->rehearse = 1; continue; }
     if (strcmp(a, "-e") == 0 || strcmp(a, "-l") == 0 || strcmp(a, "--audit") == 0 ||
-        strcmp(a, "--log-level") == 0) {
+        strcmp(a, "--log-level") == 0 || strcmp(a, "--world") == 0 || strcmp(a, "--scenario") == 0) {
       if (i + 1 >= argc) return fail_usage("missing argument after", a);
       const char *value = argv[++i];
       if (strcmp(a, "--audit") == 0) c->options.audit_path = value;
+      else if (strcmp(a, "--world") == 0) c->world = value;
+      else if (strcmp(a, "--scenario") == 0) c->scenarios[c->nscenarios++] = value;
       else if (strcmp(a, "--log-level") == 0) {
         if ((c->options.log_level = parse_level(value)) < 0)
           return fail_usage("unknown log level", value);
@@ -146,12 +154,26 @@ static int run_actions(vq_runtime *rt, const cli *c) {
   return 0;
 }
 
-static int run(vq_runtime *rt, cli *c, int argc, char **argv) {
+/* --rehearse: vq.rehearse starts the simulator on this loop, points the runbook at it,
+ * runs the runbook (arg as for a script) and stops the simulator. */
+static int run_rehearsal(vq_runtime *rt, cli *c, int argc, char **argv) {
   lua_State *L = vq_lua(rt);
-  if (c->rehearse) {
-    lua_pushboolean(L, 1);
-    lua_setfield(L, LUA_REGISTRYINDEX, "vq.rehearse");
+  lua_createtable(L, c->nscenarios, 2);
+  if (c->world) {
+    lua_pushstring(L, c->world);
+    lua_setfield(L, -2, "world");
   }
+  for (int i = 0; i < c->nscenarios; i++) {
+    lua_pushstring(L, c->scenarios[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, "vq.rehearse");
+  vq_set_args(rt, argc, argv, c->script);
+  return vq_run_string(rt, "return require('vq.rehearse').main(arg)", "=(rehearsal)");
+}
+
+static int run(vq_runtime *rt, cli *c, int argc, char **argv) {
+  if (c->rehearse) return run_rehearsal(rt, c, argc, argv);
   int status = run_actions(rt, c);
   if (status != 0) return status;
   if (c->script) {
@@ -170,14 +192,17 @@ int main(int argc, char **argv) {
   cli c = {0};
   c.options.argv0 = argv[0];
   c.actions = calloc((size_t)argc, sizeof *c.actions);
-  if (!c.actions) return 1;
+  c.scenarios = calloc((size_t)argc, sizeof *c.scenarios);
+  if (!c.actions || !c.scenarios) return 1;
   int parsed = parse(&c, argc, argv);
   if (parsed != 0) {
     free(c.actions);
+    free(c.scenarios);
     return parsed > 0 ? 0 : 2;
   }
   if (c.rehearse && !c.script) {
     free(c.actions);
+    free(c.scenarios);
     fail_usage("--rehearse needs a runbook:", "vqlua --rehearse scripts/<runbook>.lua");
     return 2;
   }
@@ -191,5 +216,6 @@ int main(int argc, char **argv) {
   if (!c.version || c.script || c.nactions || c.interactive) status = run(rt, &c, argc, argv);
   vq_close(rt);
   free(c.actions);
+  free(c.scenarios);
   return status;
 }

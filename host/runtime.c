@@ -363,6 +363,10 @@ static void set_arg_table(lua_State *L, int argc, char **argv, int script_index)
   lua_setglobal(L, "arg");
 }
 
+void vq_set_args(vq_runtime *rt, int argc, char **argv, int script_index) {
+  set_arg_table(rt->L, argc, argv, script_index);
+}
+
 int vq_run_file(vq_runtime *rt, const char *path, int argc, char **argv, int script_index) {
   lua_State *L = rt->L;
   if (argv) set_arg_table(L, argc, argv, script_index);

@@ -578,7 +578,9 @@ static int l_options(lua_State *L) {
   lua_pushboolean(L, rt->options.dry_run);
   lua_setfield(L, -2, "dry_run");
   lua_getfield(L, LUA_REGISTRYINDEX, "vq.rehearse");
-  lua_setfield(L, -2, "rehearse");
+  lua_pushboolean(L, !lua_isnil(L, -1));
+  lua_setfield(L, -3, "rehearse");
+  lua_setfield(L, -2, "rehearsal");
   return 1;
 }
 

@@ -59,6 +59,8 @@ void vq_register(vq_runtime *rt, const char *name, lua_CFunction open);
  * are done. Returns a process exit status: 0, 1 on an uncaught error, 130 on Ctrl-C. */
 int vq_run_file(vq_runtime *rt, const char *path, int argc, char **argv, int script_index);
 int vq_run_string(vq_runtime *rt, const char *chunk, const char *chunkname);
+/* Set the global arg table as lua.c does (argv[script_index] is arg[0]). */
+void vq_set_args(vq_runtime *rt, int argc, char **argv, int script_index);
 
 /* The interactive prompt, on the same loop: returns when the user ends it. */
 int vq_repl_run(vq_runtime *rt);
