@@ -54,6 +54,42 @@ function Sim:delete(key, obj, opts)
   return self.api:remove(resources.by_key[key], obj, opts)
 end
 
+local function pod_settled(pod)
+  if pod.status and (pod.status.phase == "Succeeded" or pod.status.phase == "Failed") then return true end
+  for _, c in ipairs(pod.status and pod.status.conditions or {}) do
+    if c.type == "Ready" then return c.status == "True" end
+  end
+  return false
+end
+
+local function workload_settled(obj)
+  local want, st = (obj.spec or {}).replicas, obj.status or {}
+  if want == nil then return true end
+  return (st.readyReplicas or 0) == want and (st.observedGeneration or 0) >= (obj.metadata.generation or 0)
+end
+
+--- True when every pod is ready or finished and every workload has its replicas ready:
+--- the steady state a rehearsal starts from.
+function Sim:settled()
+  for _, pod in ipairs(self:list("pods")) do
+    if not pod_settled(pod) then return false end
+  end
+  for _, key in ipairs { "statefulsets.apps", "deployments.apps" } do
+    for _, obj in ipairs(self:list(key)) do
+      if not workload_settled(obj) then return false end
+    end
+  end
+  return true
+end
+
+--- Wait (on store changes, not by polling) until settled(); false after timeout seconds.
+function Sim:settle(timeout)
+  if self:settled() then return true end
+  local ev = vq.event()
+  self.store:on_change(function() if not ev:is_set() and self:settled() then ev:set() end end)
+  return ev:wait(timeout) == true
+end
+
 --- Write a kubeconfig for this server and return its path.
 function Sim:write_kubeconfig(path, opts)
   opts = opts or {}

@@ -20,6 +20,10 @@ function M.start(opts)
   local sim = require("sim").start {
     world = opts.world, scenarios = opts.scenarios, speed = opts.speed or tonumber(os.getenv("VQ_SIM_SPEED") or "") or 0.05,
   }
+  -- A production cluster is in a steady state before a procedure starts: so is this one.
+  if not sim:settle(opts.settle_timeout or 60) then
+    log.warn("rehearsal: the simulated cluster did not settle; going on anyway")
+  end
   local dir = scratch_dir()
   local kc = sim:write_kubeconfig(dir .. "/kubeconfig")
   uv.os_setenv("KUBECONFIG", kc)
