@@ -141,8 +141,9 @@ static int on_timer_change(CURLM *multi, long timeout_ms, void *userp) {
   if (timeout_ms < 0) {
     uv_timer_stop(&c->timer);
   } else {
-    /* 0 means "now": let the loop turn once rather than recurse into curl. */
-    uv_timer_start(&c->timer, on_timeout, timeout_ms ? (uint64_t)timeout_ms : 1, 0);
+    /* 0 means "now": a 0 ms timer runs on the loop's next turn (never inside this
+     * callback, which must not recurse into curl) without making the poll block. */
+    uv_timer_start(&c->timer, on_timeout, (uint64_t)timeout_ms, 0);
   }
   return 0;
 }

@@ -1,0 +1,17 @@
+-- 30 operations a runbook does (gets, scales, patches, lists, a rollout status), in one
+-- vqlua process. bench/kube_ops.sh does the same with one kubectl call each.
+-- usage: vqlua bench/kube_ops.lua KUBECONFIG NAMESPACE
+local kube = require "vq.kube"
+local kc, ns = arg[1], arg[2]
+local k = assert(kube.connect { kubeconfig = kc, namespace = ns })
+assert(k:create { apiVersion = "v1", kind = "Namespace", metadata = { name = ns } })
+assert(k:create { apiVersion = "apps/v1", kind = "Deployment", metadata = { name = "web", namespace = ns },
+  spec = { replicas = 2, selector = { matchLabels = { app = "web" } },
+    template = { metadata = { labels = { app = "web" } }, spec = { containers = { { name = "web", image = "nginx:1.25" } } } } } })
+for _ = 1, 10 do assert(k:get("deploy", "web")) end
+for _, n in ipairs { 3, 2, 3, 2, 3 } do assert(k:scale("deploy/web", n)) end
+for i = 1, 5 do assert(k:patch("deploy/web", { metadata = { annotations = { ["bench/step"] = tostring(i) } } })) end
+for _ = 1, 5 do assert(k:list("pods", { labels = "app=web" })) end
+assert(k:rollout_status("deploy/web", { timeout = 120, on_progress = function() end }))
+assert(k:get("ns", ns))
+assert(k:delete("ns", ns))
