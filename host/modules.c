@@ -10,6 +10,7 @@ static const struct { const char *name; lua_CFunction open; } core_modules[] = {
   {"vq.core.json", luaopen_vq_core_json},
   {"vq.core.yaml", luaopen_vq_core_yaml},
   {"vq.core.log", luaopen_vq_core_log},
+  {"vq.core.proc", luaopen_vq_core_proc},
 };
 
 /* require "json" is require "vq.json", and so on. */
