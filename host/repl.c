@@ -11,6 +11,7 @@
  * This file is the plugin vq.core.repl, linked with libedit and loaded on first use like
  * the other bindings over heavy libraries (see CMakeLists.txt): scripts never pay for it.
  * vq_repl_run (host/runtime.c) requires it. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -855,6 +856,11 @@ static int l_run(lua_State *L) {
 
 int luaopen_vq_core_repl(lua_State *L) {
   static const luaL_Reg functions[] = {{"run", l_run}, {NULL, NULL}};
+  /* libedit keeps its state for the life of the process; Lua would unload this module, and
+   * libedit with it, at lua_close, leaving that state unreachable. Pin it. */
+  Dl_info self;
+  if (dladdr((void *)luaopen_vq_core_repl, &self) && self.dli_fname)
+    dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
   luaL_newlib(L, functions);
   return 1;
 }
