@@ -3,7 +3,10 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 
-.PHONY: all test deps asan asan-test bench clean
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+
+.PHONY: all test deps asan asan-test bench fuzz clean
 
 all: $(BUILD)/Makefile
 	cmake --build $(BUILD) -j $(JOBS)
@@ -23,6 +26,12 @@ $(ASAN_BUILD)/Makefile:
 asan-test: asan
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS)
 
+# The libFuzzer targets (clang, with ASan and UBSan), each for FUZZ_SECONDS.
+fuzz:
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DVQ_FUZZ=ON -DVQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	sh spec/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
 deps:
 	sh .ci/deps.sh
 
@@ -30,4 +39,4 @@ bench: all
 	sh bench/run.sh
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

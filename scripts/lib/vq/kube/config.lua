@@ -29,6 +29,16 @@ local function resolve(base, p)
   return base .. "/" .. p
 end
 
+-- A kubeconfig field as a string, or nil when it is absent or of another type (null,
+-- a number, a map): bad input is an error message, never a crash.
+local function str(v)
+  if type(v) == "string" and v ~= "" then return v end
+end
+
+local function list_of(v)
+  return type(v) == "table" and v or {}
+end
+
 local function unbase64(s)
   local ok, v = pcall(function() return require("vq.base64").decode(s) end)
   if ok then return v end
@@ -38,9 +48,10 @@ end
 
 local function named_map(list, field, file)
   local out = {}
-  for _, entry in ipairs(list or {}) do
-    if type(entry) == "table" and entry.name then
-      local v = entry[field] or {}
+  if type(list) ~= "table" then return out end
+  for _, entry in ipairs(list) do
+    if type(entry) == "table" and type(entry.name) == "string" then
+      local v = type(entry[field]) == "table" and entry[field] or {}
       v.__file = file
       out[entry.name] = v
     end
@@ -48,10 +59,9 @@ local function named_map(list, field, file)
   return out
 end
 
-local function load_one(path)
-  local text, e = read_file(path)
-  if not text then return nil, err("kubeconfig", ("cannot read %s: %s"):format(path, e), { file = path }) end
-  if text:match("^%s*$") then return { clusters = {}, users = {}, contexts = {} } end
+--- Parse one kubeconfig's text (path names it in errors and resolves relative paths).
+function M.parse(text, path)
+  if text:match("^%s*$") then return { clusters = {}, users = {}, contexts = {}, file = path } end
   local doc, derr = yaml.decode(text, { file = path })
   if doc == nil then
     return nil, err("kubeconfig", derr and derr.message or ("cannot parse " .. path), { file = path, line = derr and derr.line, column = derr and derr.column })
@@ -61,9 +71,15 @@ local function load_one(path)
     clusters = named_map(doc.clusters, "cluster", path),
     users = named_map(doc.users, "user", path),
     contexts = named_map(doc.contexts, "context", path),
-    current = doc["current-context"] ~= "" and doc["current-context"] or nil,
+    current = type(doc["current-context"]) == "string" and doc["current-context"] ~= "" and doc["current-context"] or nil,
     file = path,
   }
+end
+
+local function load_one(path)
+  local text, e = read_file(path)
+  if not text then return nil, err("kubeconfig", ("cannot read %s: %s"):format(path, e), { file = path }) end
+  return M.parse(text, path)
 end
 
 local function file_exists(path)
@@ -127,16 +143,16 @@ end
 
 local function cluster_settings(c, base, out)
   out.server = c.server
-  if not out.server or out.server == "" then return nil, "has no server" end
+  if type(out.server) ~= "string" or out.server == "" then return nil, "has no server" end
   out.server = out.server:gsub("/+$", "")
-  out.ca_file = resolve(base, c["certificate-authority"])
-  if c["certificate-authority-data"] then
+  out.ca_file = resolve(base, str(c["certificate-authority"]))
+  if str(c["certificate-authority-data"]) then
     out.ca_data = unbase64(c["certificate-authority-data"])
     if not out.ca_data then return nil, "certificate-authority-data is not valid base64" end
   end
   out.insecure = c["insecure-skip-tls-verify"] == true
-  out.tls_server_name = c["tls-server-name"]
-  out.proxy = c["proxy-url"]
+  out.tls_server_name = str(c["tls-server-name"])
+  out.proxy = str(c["proxy-url"])
   return true
 end
 
@@ -145,22 +161,28 @@ local function user_settings(u, base, out, name)
     return nil, ("user %q uses basic authentication (username/password), which Kubernetes removed in 1.19: use a token, a client certificate or an exec plugin"):format(name)
   end
   if u["auth-provider"] then
-    return nil, ("user %q uses the %q auth-provider, which kubectl no longer supports: use its exec plugin (e.g. gke-gcloud-auth-plugin, kubelogin)"):format(name, u["auth-provider"].name or "?")
+    local provider = type(u["auth-provider"]) == "table" and str(u["auth-provider"].name) or "?"
+    return nil, ("user %q uses the %q auth-provider, which kubectl no longer supports: use its exec plugin (e.g. gke-gcloud-auth-plugin, kubelogin)"):format(name, provider)
   end
-  out.token = u.token
-  out.token_file = resolve(base, u.tokenFile)
-  out.cert_file = resolve(base, u["client-certificate"])
-  out.key_file = resolve(base, u["client-key"])
-  if u["client-certificate-data"] then out.cert_data = unbase64(u["client-certificate-data"]) end
-  if u["client-key-data"] then out.key_data = unbase64(u["client-key-data"]) end
-  if u.exec then
+  out.token = str(u.token)
+  out.token_file = resolve(base, str(u.tokenFile))
+  out.cert_file = resolve(base, str(u["client-certificate"]))
+  out.key_file = resolve(base, str(u["client-key"]))
+  if str(u["client-certificate-data"]) then out.cert_data = unbase64(u["client-certificate-data"]) end
+  if str(u["client-key-data"]) then out.key_data = unbase64(u["client-key-data"]) end
+  if type(u.exec) == "table" then
     local e = u.exec
-    if not e.command then return nil, ("user %q: exec needs a command"):format(name) end
-    local cmd = e.command
+    local cmd = str(e.command)
+    if not cmd then return nil, ("user %q: exec needs a command"):format(name) end
     if cmd:find("/", 1, true) and cmd:sub(1, 1) ~= "/" then cmd = resolve(base, cmd) end
-    out.exec = { command = cmd, args = e.args or {}, env = e.env or {}, api_version = e.apiVersion,
-                 interactive_mode = e.interactiveMode or "IfAvailable", provide_cluster_info = e.provideClusterInfo,
-                 install_hint = e.installHint }
+    local args, env = {}, {}
+    for _, a in ipairs(list_of(e.args)) do args[#args + 1] = tostring(a) end
+    for _, kv in ipairs(list_of(e.env)) do
+      if type(kv) == "table" and str(kv.name) then env[#env + 1] = { name = kv.name, value = tostring(kv.value or "") } end
+    end
+    out.exec = { command = cmd, args = args, env = env, api_version = str(e.apiVersion),
+                 interactive_mode = str(e.interactiveMode) or "IfAvailable", provide_cluster_info = e.provideClusterInfo == true,
+                 install_hint = str(e.installHint) }
   end
   if out.token then log.secret(out.token) end
   if out.key_data then log.secret(out.key_data) end
@@ -173,6 +195,12 @@ function M.resolve(opts)
   opts = opts or {}
   local cfg, e = M.load(opts.kubeconfig)
   if not cfg then return nil, e end
+  return M.from_config(cfg, opts)
+end
+
+--- The connection settings of a loaded (merged) kubeconfig's context.
+function M.from_config(cfg, opts)
+  cfg.files = cfg.files or { cfg.file }
   local ctx_name = opts.context or cfg.current
   if not ctx_name then
     if #cfg.files == 0 then
@@ -186,6 +214,7 @@ function M.resolve(opts)
     return nil, err("kubeconfig", "no current context set in " .. table.concat(cfg.files, ", ") .. ": pass a context", { files = cfg.files })
   end
   local ctx = cfg.contexts[ctx_name]
+  if ctx then ctx.cluster, ctx.user, ctx.namespace = str(ctx.cluster), str(ctx.user), str(ctx.namespace) end
   if not ctx then
     return nil, err("kubeconfig", ("context %q not found in %s"):format(ctx_name, table.concat(cfg.files, ", ")), { files = cfg.files })
   end
@@ -196,7 +225,7 @@ function M.resolve(opts)
   end
   local ok, why = cluster_settings(cluster, dir_of(cluster.__file), out)
   if not ok then return nil, err("kubeconfig", ("cluster %q in %s %s"):format(ctx.cluster, cluster.__file, why), { file = cluster.__file }) end
-  if ctx.user and ctx.user ~= "" then
+  if ctx.user then
     local user = cfg.users[ctx.user]
     if not user then
       return nil, err("kubeconfig", ("context %q names user %q, which %s does not define"):format(ctx_name, ctx.user, table.concat(cfg.files, ", ")), { file = ctx.__file })
@@ -204,7 +233,7 @@ function M.resolve(opts)
     ok, why = user_settings(user, dir_of(user.__file), out, ctx.user)
     if not ok then return nil, err("kubeconfig", why .. " (" .. user.__file .. ")", { file = user.__file }) end
   end
-  out.namespace = opts.namespace or (ctx.namespace ~= "" and ctx.namespace) or "default"
+  out.namespace = opts.namespace or ctx.namespace or "default"
   out.files = cfg.files
   return out
 end
