@@ -361,16 +361,24 @@ return function(kube, Client)
         if not line then
           stream:close()
           stream = nil
-          local _, lstate = nil, nil
           if not opts.follow then return nil end
           if not container_running() then return nil end
           state.reconnects = state.reconnects + 1
-          if state.reconnects > (opts.max_reconnects or 100) then
-            state.err = err("log_stream", "the log stream keeps ending while the container runs")
-            return nil
-          end
           if not last_ts then state.gap = true end
-          vq.sleep(math.min(0.1 * state.reconnects, 2))
+          -- Reopen at once after a stream that delivered lines (a rotation cut it: lines
+          -- written meanwhile go to the new file, which a second rotation would take out of
+          -- reach); back off only while reopening yields nothing.
+          if last_ts == state.last_reopen_ts then
+            state.idle_reopens = (state.idle_reopens or 0) + 1
+            if state.idle_reopens > (opts.max_reconnects or 100) then
+              state.err = err("log_stream", "the log stream keeps ending while the container runs")
+              return nil
+            end
+            vq.sleep(math.min(0.05 * state.idle_reopens, 2))
+          else
+            state.idle_reopens = 0
+          end
+          state.last_reopen_ts = last_ts
         else
           local ts, text = line:match("^(%S+) (.*)$")
           if not ts then ts, text = line:match("^(%S+)$"), "" end
