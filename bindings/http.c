@@ -166,8 +166,21 @@ static void req_unlink(http_req *r) {
   r->next = r->prev = NULL;
 }
 
+/* A task parked on a request that is ending (its stream closed from another task, the
+ * client closing) resumes now and sees nil, {code = "closed"}: it must never be left
+ * waiting on freed memory. */
+static void release_waiter(http_req *r) {
+  if (r->waiting == WAIT_NONE) return;
+  lua_State *co = vq_wait_thread(&r->wait);
+  lua_pushnil(co);
+  vq_push_error_table(co, "closed", "the stream was closed");
+  r->waiting = WAIT_NONE;
+  vq_wait_done(&r->wait, 2);
+}
+
 /* Ends the transfer (if still on the multi) and frees what curl holds. */
 static void req_stop(http_req *r) {
+  release_waiter(r);
   if (r->easy) {
     if (r->client) curl_multi_remove_handle(r->client->multi, r->easy);
     curl_easy_cleanup(r->easy);
