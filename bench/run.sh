@@ -21,3 +21,9 @@ if [ -f bench/codec_bench.lua ]; then
   echo "== codecs"
   $VQLUA bench/codec_bench.lua
 fi
+
+echo "== simulator: log streaming"
+$VQLUA bench/sim_logs_bench.lua
+
+echo "== kube client against kubectl, on the simulator (bench/kube_bench.sh realk8s for the real apiserver)"
+bash bench/kube_bench.sh sim
