@@ -347,6 +347,14 @@ local function dns1123(name)
   return #name <= 253 and name:match("^[a-z0-9][-a-z0-9.]*$") ~= nil and name:match("[a-z0-9]$") ~= nil
 end
 
+-- RBAC objects are named by path segment rules only (system:aggregate-to-view, influx:telegraf).
+local function valid_name(t, name)
+  if t.group == "rbac.authorization.k8s.io" then
+    return name ~= "." and name ~= ".." and not name:find("[/%%]")
+  end
+  return dns1123(name)
+end
+
 local function invalid(res, t, name, causes, message)
   send_status(res, 422, message or ('%s "%s" is invalid'):format(t.kind, name or ""), "Invalid",
     { name = name, group = t.group ~= "" and t.group or nil, kind = t.kind, causes = array(causes) })
@@ -375,7 +383,7 @@ function Api:admit_create(t, ns, obj)
         { kind = t.kind, causes = array { { reason = "FieldValueRequired", message = "Required value: name or generateName is required", field = "metadata.name" } } })
     end
   end
-  if not dns1123(meta.name) then
+  if not valid_name(t, meta.name) then
     return nil, M.status(422, ('%s "%s" is invalid: metadata.name: Invalid value: "%s": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \'-\' or \'.\', and must start and end with an alphanumeric character'):format(t.kind, meta.name, meta.name), "Invalid",
       { name = meta.name, kind = t.kind })
   end

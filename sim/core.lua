@@ -31,6 +31,22 @@ local function default_pod(obj)
   obj.status = obj.status or { phase = "Pending", qosClass = "BestEffort" }
 end
 
+-- The DefaultTolerationSeconds admission plugin (pods only, not templates): a pod rides
+-- out a NotReady or unreachable node for five minutes.
+local function default_tolerations(spec)
+  local tolerations = spec.tolerations or array()
+  for _, key in ipairs { "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable" } do
+    local has = false
+    for _, t in ipairs(tolerations) do
+      if t.key == key and (t.effect == nil or t.effect == "NoExecute") then has = true end
+    end
+    if not has then
+      tolerations[#tolerations + 1] = { key = key, operator = "Exists", effect = "NoExecute", tolerationSeconds = 300 }
+    end
+  end
+  spec.tolerations = tolerations
+end
+
 local function default_workload(obj, kind)
   local spec = obj.spec or {}
   obj.spec = spec
@@ -38,7 +54,10 @@ local function default_workload(obj, kind)
   spec.revisionHistoryLimit = spec.revisionHistoryLimit or 10
   if kind == "StatefulSet" then
     spec.podManagementPolicy = spec.podManagementPolicy or "OrderedReady"
-    spec.updateStrategy = spec.updateStrategy or { type = "RollingUpdate", rollingUpdate = { partition = 0 } }
+    spec.updateStrategy = spec.updateStrategy or { type = "RollingUpdate" }
+    if spec.updateStrategy.type == "RollingUpdate" then
+      spec.updateStrategy.rollingUpdate = spec.updateStrategy.rollingUpdate or { partition = 0 }
+    end
     spec.persistentVolumeClaimRetentionPolicy = spec.persistentVolumeClaimRetentionPolicy or { whenDeleted = "Retain", whenScaled = "Retain" }
   elseif kind == "Deployment" then
     spec.strategy = spec.strategy or { type = "RollingUpdate", rollingUpdate = { maxSurge = "25%", maxUnavailable = "25%" } }
@@ -126,6 +145,7 @@ local function install_defaults(sim)
   a.pods = function(_, op, obj, old)
     if op == "create" then
       default_pod(obj)
+      default_tolerations(obj.spec)
       local causes = validate_containers(obj, "spec", obj.spec)
       if #causes > 0 then return invalid("Pod", obj, causes) end
     elseif old and obj.spec and old.spec then

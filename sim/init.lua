@@ -164,9 +164,16 @@ function M.start(opts)
     scenarios = {},
   }, Sim)
   self.api = api_mod.new(self)
-  for _, mod in ipairs(opts.modules or M.default_modules()) do
-    local m = type(mod) == "string" and require(mod) or mod
-    if m.install then m.install(self, opts) end
+  -- a module failing (a misspelt scenario) must not leave the others' tasks running
+  local ok, err = pcall(function()
+    for _, mod in ipairs(opts.modules or M.default_modules()) do
+      local m = type(mod) == "string" and require(mod) or mod
+      if m.install then m.install(self, opts) end
+    end
+  end)
+  if not ok then
+    self:stop()
+    error(err, 0)
   end
   self.server = http.serve {
     host = "127.0.0.1", port = opts.port or 0,
@@ -188,7 +195,7 @@ end
 --- subresources, controllers, the world and scenarios.
 function M.default_modules()
   local mods = {}
-  for _, name in ipairs { "sim.auth", "sim.core", "sim.controllers", "sim.logs", "sim.exec", "sim.proxy",
+  for _, name in ipairs { "sim.auth", "sim.core", "sim.openapi", "sim.controllers", "sim.logs", "sim.exec", "sim.proxy",
                           "sim.world", "sim.scenarios", "sim.edge" } do
     if package.searchpath(name, package.path) then mods[#mods + 1] = name end
   end

@@ -112,7 +112,7 @@ printers.nodes = {
   row = function(sim, node)
     local status = "Unknown"
     for _, c in ipairs((node.status or {}).conditions or {}) do
-      if c.type == "Ready" then status = c.status == "True" and "Ready" or (c.status == "False" and "NotReady" or "Unknown") end
+      if c.type == "Ready" then status = c.status == "True" and "Ready" or "NotReady" end
     end
     if node.spec and node.spec.unschedulable then status = status .. ",SchedulingDisabled" end
     local roles = {}
