@@ -312,6 +312,14 @@ describe("json", function()
       end
     end)
 
+    it("skip a byte order mark and take nothing else that is not JSON", function()
+      assert.are.same({a = 1}, json.decode("\239\187\191{\"a\": 1}"))
+      assert.are.equal(1, json.decode("\239\187\1911"))
+      for _, text in ipairs({'{"a": 1,}', '// c\n{}', "{'a': 1}", '[1]\0', '\f[]', '"tab\there"'}) do
+        assert_error(json.decode(text))
+      end
+    end)
+
     it("point into the right line of a large document", function()
       local text = pod_list(200)
       local at = text:find('"podIP"', #text // 2, true)

@@ -16,8 +16,10 @@
 --   * Errors: nil and {code = "json", message, reason, offset, line, column[, file]}, with
 --     offset, line and column 1-based (offset counts bytes, so text:sub(err.offset) starts at
 --     the problem).
---   * Nesting deeper than 1000 levels is an error. A key given twice keeps the last value.
---   * Strings are passed through as bytes: the codec does not check that they are UTF-8.
+--   * The text must be strict JSON (RFC 8259) in UTF-8: no comments, trailing commas, 01, 1.,
+--     single quotes, raw control bytes in strings or invalid UTF-8; a leading byte order mark
+--     is skipped. Nesting deeper than 1000 levels is an error. A key given twice keeps the last
+--     value.
 --
 -- Encoding
 --   * A table marked as an array writes t[1] .. t[#t] (a hole is null; other keys are not
