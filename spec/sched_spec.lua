@@ -348,6 +348,18 @@ describe("the vqlua program", function()
     assert.are.equal("function\n", r.stdout)
   end)
 
+  it("finds modules in VQ_PATH before its own library", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir .. "/site")
+    local f = assert(io.open(dir .. "/site/runbook_helpers.lua", "w"))
+    f:write("return { answer = 42 }\n")
+    f:close()
+    local r = run.vq { "-e", "print(require('site.runbook_helpers').answer)", env = { VQ_PATH = "/nonexistent:" .. dir } }
+    os.execute("rm -rf " .. dir)
+    assert.are.equal("42\n", r.stdout)
+  end)
+
   it("runs standard input", function()
     local r = run.vq { "-", stdin = "print(6 * 7)" }
     assert.are.equal("42\n", r.stdout)
