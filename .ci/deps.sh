@@ -3,7 +3,7 @@
 set -eu
 PKGS="build-essential cmake pkg-config git \
   liblua5.4-dev lua5.4 libuv1-dev lua-luv-dev libcurl4-openssl-dev libyaml-dev libcjson-dev \
-  libssl-dev libedit-dev libc-ares-dev libwebsockets-dev lua-busted lua-cjson tmux openssl nginx-light"
+  libssl-dev libedit-dev libc-ares-dev libwebsockets-dev lua-busted lua-cjson tmux openssl nginx-light curl dnsutils bc time"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
