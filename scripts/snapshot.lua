@@ -53,22 +53,86 @@ local function random_text(n)
   return table.concat(out)
 end
 
--- A stand-in of the same kind as the real value, never derived from it.
-local function stand_in(value)
+local proc = require "vq.proc"
+local tls = require "vq.tls"
+
+local function generated_pem(args)
+  local dir = assert(require("uv").fs_mkdtemp((os.getenv("TMPDIR") or "/tmp") .. "/vqlua-snapshot-XXXXXX"))
+  local argv = { "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365",
+                 "-keyout", dir .. "/key.pem", "-out", dir .. "/cert.pem" }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  local r = assert(proc.run { argv = argv })
+  assert(r.code == 0, "openssl: " .. (r.stderr or ""))
+  local function slurp(name)
+    local f = assert(io.open(dir .. "/" .. name))
+    local text = f:read("a")
+    f:close()
+    os.remove(dir .. "/" .. name)
+    return text
+  end
+  local cert, key = slurp("cert.pem"), slurp("key.pem")
+  os.remove(dir)
+  return cert, key
+end
+
+-- A certificate stand-in keeps what a runbook checks (common name, DNS and IP names, CA
+-- or not) on a fresh key; the real certificate is never copied.
+local function stand_in_certificates(value)
+  local chain = tls.parse_chain(value, "snapshot")
+  if not chain then return nil end
+  local out, leaf_key = {}, nil
+  for i, cert in ipairs(chain) do
+    local args = { "-subj", "/CN=" .. (cert.cn or "stand-in") }
+    local sans = {}
+    for _, d in ipairs(cert.sans and cert.sans.dns or {}) do sans[#sans + 1] = "DNS:" .. d end
+    for _, ip in ipairs(cert.sans and cert.sans.ip or {}) do sans[#sans + 1] = "IP:" .. ip end
+    if #sans > 0 then args[#args + 1], args[#args + 2] = "-addext", "subjectAltName=" .. table.concat(sans, ",") end
+    if cert.is_ca then args[#args + 1], args[#args + 2] = "-addext", "basicConstraints=critical,CA:TRUE" end
+    local pem, key = generated_pem(args)
+    out[#out + 1] = pem
+    if i == 1 then leaf_key = key end
+  end
+  return table.concat(out), leaf_key
+end
+
+-- A stand-in of the same kind as the real value, never derived from it. pair carries the
+-- key of a certificate stand-in, so that a Secret's tls.crt and tls.key still match.
+local function stand_in(value, pair)
+  if value:find("-----BEGIN CERTIFICATE-----", 1, true) then
+    local certs, key = stand_in_certificates(value)
+    if certs then
+      pair.key = pair.key or key
+      return certs
+    end
+  end
+  if value:find("-----BEGIN [%u ]*PRIVATE KEY-----") then
+    if pair.key then return pair.key end
+    local _, key = generated_pem { "-subj", "/CN=stand-in" }
+    return key
+  end
   if value:find("-----BEGIN", 1, true) then
     return value:gsub("(-----BEGIN [%u ]+-----).-(-----END [%u ]+-----)", function(b, e)
       return b .. "\n" .. base64.encode(random_text(48)) .. "\n" .. e
-    end), true
+    end)
   end
   return random_text(math.max(8, math.min(#value, 32)))
 end
 
 local function scrub_secret(s)
-  local replaced = 0
-  for key, v in pairs(s.data or {}) do
-    local plain = base64.decode(v)
+  local replaced, pair = 0, {}
+  -- certificates first, so that a private key can take its certificate's stand-in key
+  local keys = {}
+  for key in pairs(s.data or {}) do keys[#keys + 1] = key end
+  table.sort(keys, function(a, b)
+    local ca = base64.decode(s.data[a]):find("BEGIN CERTIFICATE", 1, true) ~= nil
+    local cb = base64.decode(s.data[b]):find("BEGIN CERTIFICATE", 1, true) ~= nil
+    if ca ~= cb then return ca end
+    return a < b
+  end)
+  for _, key in ipairs(keys) do
+    local plain = base64.decode(s.data[key])
     log.secret(plain)
-    s.data[key] = base64.encode((stand_in(plain)))
+    s.data[key] = base64.encode((stand_in(plain, pair)))
     replaced = replaced + 1
   end
   s.stringData = nil
@@ -90,10 +154,26 @@ for _, ns in ipairs(namespaces) do
                           "serviceaccounts", "persistentvolumeclaims", "roles", "rolebindings" } do
     for obj in k:each(kind, { namespace = ns }) do
       obj.status = kind == "services" and obj.status or nil
+      if kind == "persistentvolumeclaims" and obj.metadata.annotations then
+        obj.metadata.annotations["pv.kubernetes.io/bind-completed"] = nil
+        obj.metadata.annotations["pv.kubernetes.io/bound-by-controller"] = nil
+      end
       add(obj)
     end
   end
 end
+-- The claims' volumes and classes, so that the simulator binds the claims as they are.
+local ours = {}
+for _, ns in ipairs(namespaces) do ours[ns] = true end
+for obj in k:each("persistentvolumes") do
+  local ref = obj.spec and obj.spec.claimRef
+  if ref and ours[ref.namespace] then
+    obj.status = nil
+    obj.spec.claimRef = { namespace = ref.namespace, name = ref.name, kind = "PersistentVolumeClaim", apiVersion = "v1" }
+    add(obj)
+  end
+end
+for obj in k:each("storageclasses") do add(obj) end
 for obj in k:each("nodes") do
   obj.status = { capacity = obj.status.capacity, allocatable = obj.status.allocatable, nodeInfo = obj.status.nodeInfo,
                  addresses = obj.status.addresses }

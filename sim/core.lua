@@ -12,6 +12,29 @@ local function array(t) return setmetatable(t or {}, json.array_mt) end
 
 -- ---- defaults ----
 
+local function default_probe(probe)
+  if not probe then return end
+  probe.timeoutSeconds = probe.timeoutSeconds or 1
+  probe.periodSeconds = probe.periodSeconds or 10
+  probe.successThreshold = probe.successThreshold or 1
+  probe.failureThreshold = probe.failureThreshold or 3
+  if probe.httpGet then probe.httpGet.scheme = probe.httpGet.scheme or "HTTP" end
+end
+
+local function default_container(c)
+  c.imagePullPolicy = c.imagePullPolicy or ((c.image or ""):find(":latest$") and "Always" or "IfNotPresent")
+  c.terminationMessagePath = c.terminationMessagePath or "/dev/termination-log"
+  c.terminationMessagePolicy = c.terminationMessagePolicy or "File"
+  c.resources = c.resources or {}
+  for _, p in ipairs(c.ports or {}) do p.protocol = p.protocol or "TCP" end
+  for _, e in ipairs(c.env or {}) do
+    local ref = e.valueFrom and e.valueFrom.fieldRef
+    if ref then ref.apiVersion = ref.apiVersion or "v1" end
+  end
+  for _, probe in ipairs { c.livenessProbe, c.readinessProbe, c.startupProbe } do default_probe(probe) end
+end
+
+-- SetDefaults_PodSpec: what every PodSpec gets, a pod's or a template's.
 local function default_pod(obj)
   local spec = obj.spec or {}
   obj.spec = spec
@@ -19,16 +42,58 @@ local function default_pod(obj)
   spec.terminationGracePeriodSeconds = spec.terminationGracePeriodSeconds or 30
   spec.dnsPolicy = spec.dnsPolicy or "ClusterFirst"
   spec.schedulerName = spec.schedulerName or "default-scheduler"
-  spec.serviceAccountName = spec.serviceAccountName or "default"
+  spec.securityContext = spec.securityContext or {}
+  -- the deprecated serviceAccount mirrors serviceAccountName
+  spec.serviceAccount = spec.serviceAccount or spec.serviceAccountName
+  spec.serviceAccountName = spec.serviceAccountName or spec.serviceAccount
   for _, list in ipairs { spec.containers or {}, spec.initContainers or {} } do
-    for _, c in ipairs(list) do
-      c.imagePullPolicy = c.imagePullPolicy or ((c.image or ""):find(":latest$") and "Always" or "IfNotPresent")
-      c.terminationMessagePath = c.terminationMessagePath or "/dev/termination-log"
-      c.terminationMessagePolicy = c.terminationMessagePolicy or "File"
-      c.resources = c.resources or {}
+    for _, c in ipairs(list) do default_container(c) end
+  end
+  for _, v in ipairs(spec.volumes or {}) do
+    for _, src in ipairs { v.secret or false, v.configMap or false, v.downwardAPI or false, v.projected or false } do
+      if src then src.defaultMode = src.defaultMode or 420 end
     end
   end
   obj.status = obj.status or { phase = "Pending", qosClass = "BestEffort" }
+end
+
+local PRIORITIES = { ["system-cluster-critical"] = 2000000000, ["system-node-critical"] = 2000001000 }
+
+-- The ServiceAccount admission plugin: the pod's token, CA and namespace, mounted in
+-- every container unless the pod or its account opts out.
+local function mount_service_account(sim, obj)
+  local spec = obj.spec
+  local sa = sim.store:get("serviceaccounts", obj.metadata.namespace, spec.serviceAccountName)
+  if spec.automountServiceAccountToken == false or (sa and sa.automountServiceAccountToken == false) then return end
+  local name = "kube-api-access-" .. util.random_suffix(5)
+  spec.volumes = spec.volumes or array()
+  table.insert(spec.volumes, { name = name, projected = { defaultMode = 420, sources = array {
+    { serviceAccountToken = { expirationSeconds = 3607, path = "token" } },
+    { configMap = { name = "kube-root-ca.crt", items = array { { key = "ca.crt", path = "ca.crt" } } } },
+    { downwardAPI = { items = array { { path = "namespace", fieldRef = { apiVersion = "v1", fieldPath = "metadata.namespace" } } } } },
+  } } })
+  for _, list in ipairs { spec.containers or {}, spec.initContainers or {} } do
+    for _, c in ipairs(list) do
+      c.volumeMounts = c.volumeMounts or array()
+      table.insert(c.volumeMounts, { name = name, mountPath = "/var/run/secrets/kubernetes.io/serviceaccount", readOnly = true })
+    end
+  end
+end
+
+-- What a pod gets beyond its spec's defaults: the defaults of SetDefaults_Pod and the
+-- ServiceAccount and Priority admission plugins.
+local function admit_pod(sim, obj)
+  default_pod(obj)
+  local spec = obj.spec
+  spec.serviceAccountName = spec.serviceAccountName or "default"
+  spec.serviceAccount = spec.serviceAccountName
+  if spec.enableServiceLinks == nil then spec.enableServiceLinks = true end
+  if spec.priority == nil then
+    local pc = spec.priorityClassName and sim.store:get("priorityclasses.scheduling.k8s.io", nil, spec.priorityClassName)
+    spec.priority = pc and pc.value or PRIORITIES[spec.priorityClassName or ""] or 0
+  end
+  spec.preemptionPolicy = spec.preemptionPolicy or "PreemptLowerPriority"
+  mount_service_account(sim, obj)
 end
 
 -- The DefaultTolerationSeconds admission plugin (pods only, not templates): a pod rides
@@ -107,6 +172,15 @@ local function default_service(sim, obj)
   obj.spec = spec
   spec.type = spec.type or "ClusterIP"
   spec.sessionAffinity = spec.sessionAffinity or "None"
+  if spec.type ~= "ExternalName" then
+    spec.internalTrafficPolicy = spec.internalTrafficPolicy or "Cluster"
+    spec.ipFamilies = spec.ipFamilies or array { "IPv4" }
+    spec.ipFamilyPolicy = spec.ipFamilyPolicy or "SingleStack"
+  end
+  if spec.type == "NodePort" or spec.type == "LoadBalancer" then
+    spec.externalTrafficPolicy = spec.externalTrafficPolicy or "Cluster"
+  end
+  if spec.type == "LoadBalancer" and spec.allocateLoadBalancerNodePorts == nil then spec.allocateLoadBalancerNodePorts = true end
   if spec.clusterIP == nil and spec.type ~= "ExternalName" then spec.clusterIP = next_cluster_ip(sim) end
   if spec.clusterIP and spec.clusterIP ~= "None" then spec.clusterIPs = array { spec.clusterIP } end
   for _, p in ipairs(spec.ports or {}) do
@@ -142,15 +216,18 @@ end
 
 local function install_defaults(sim)
   local a = sim.admission
-  a.pods = function(_, op, obj, old)
+  a.pods = function(s, op, obj, old)
     if op == "create" then
-      default_pod(obj)
+      admit_pod(s, obj)
       default_tolerations(obj.spec)
       local causes = validate_containers(obj, "spec", obj.spec)
       if #causes > 0 then return invalid("Pod", obj, causes) end
     elseif old and obj.spec and old.spec then
       -- a pod's spec is immutable but for images, tolerations and a few more
-      for _, f in ipairs { "nodeName", "restartPolicy", "serviceAccountName" } do obj.spec[f] = old.spec[f] end
+      for _, f in ipairs { "nodeName", "restartPolicy", "serviceAccountName", "serviceAccount", "enableServiceLinks",
+                           "priority", "preemptionPolicy", "volumes" } do
+        obj.spec[f] = old.spec[f]
+      end
     end
   end
   for _, kind in ipairs { "StatefulSet", "Deployment", "DaemonSet", "ReplicaSet" } do
@@ -175,6 +252,12 @@ local function install_defaults(sim)
       spec.concurrencyPolicy = spec.concurrencyPolicy or "Allow"
       spec.successfulJobsHistoryLimit = spec.successfulJobsHistoryLimit or 3
       spec.failedJobsHistoryLimit = spec.failedJobsHistoryLimit or 1
+      -- the pod template inside the job template gets the pod defaults, as any PodSpec does
+      local template = spec.jobTemplate and spec.jobTemplate.spec and spec.jobTemplate.spec.template
+      if template then
+        default_pod(template)
+        template.status = nil
+      end
       obj.status = obj.status or {}
     end
   end
@@ -219,7 +302,8 @@ local function install_defaults(sim)
       obj.spec = obj.spec or {}
       obj.spec.persistentVolumeReclaimPolicy = obj.spec.persistentVolumeReclaimPolicy or "Retain"
       obj.spec.volumeMode = obj.spec.volumeMode or "Filesystem"
-      obj.status = obj.status or { phase = obj.spec.claimRef and "Bound" or "Available" }
+      -- a volume created for a claim (claimRef) is still Available until the binder binds it
+      obj.status = obj.status or { phase = "Available" }
     end
   end
   a.events = function(s, op, obj)

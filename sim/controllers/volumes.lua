@@ -133,7 +133,11 @@ local function sync_claim(sim, rt, pvc)
   if (pvc.status or {}).phase == "Bound" then return end
   if pvc.spec.volumeName and pvc.spec.volumeName ~= "" then
     local pv = sim:get("persistentvolumes", nil, pvc.spec.volumeName)
-    if pv and (pv.status or {}).phase ~= "Bound" then bind(sim, rt, pvc, pv) end
+    local ref = pv and pv.spec.claimRef
+    local ours = ref and ref.namespace == pvc.metadata.namespace and ref.name == pvc.metadata.name
+      and (not ref.uid or ref.uid == pvc.metadata.uid)
+    -- pre-bound both ways (a restored or copied claim and volume): complete the binding
+    if pv and ((pv.status or {}).phase ~= "Bound" or (ours and ref.uid == nil)) then bind(sim, rt, pvc, pv) end
     return
   end
   local sc = scheduler.storage_class(sim, pvc)
