@@ -510,4 +510,5 @@ return function(kube, Client)
     end
     return body
   end
+  require("vq.kube.exec")(kube, Client)
 end
