@@ -34,7 +34,9 @@ local function each_client(name, fn)
   end
 end
 
-local function ns_name(auth) return "vqlua-real-" .. auth end
+-- one namespace per run and auth: runs on the shared server never collide
+local RUN = ("%x"):format(math.random(0, 0xffffff))
+local function ns_name(auth) return "vqlua-real-" .. auth .. "-" .. RUN end
 
 describe("against a real kube-apiserver", function()
   each_client("reports the server version", function(k)
