@@ -102,7 +102,7 @@ static void add_sim_root(luaL_Buffer *b) {
     int n = snprintf(dir, sizeof dir, "%s%s", exe, sim_roots[i]);
     snprintf(sim, sizeof sim, "%s/sim", dir);
     if (n > 0 && (size_t)n < sizeof dir && is_dir(sim)) {
-      add_dir_entry(b, dir, (size_t)n, "/?.lua;");
+      add_lib_dir(b, dir, (size_t)n); /* ?.lua and ?/init.lua: require "sim" is sim/init.lua */
       return;
     }
   }

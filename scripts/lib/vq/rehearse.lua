@@ -40,6 +40,17 @@ function M.main(arg)
   log.info("rehearsal: simulator %s (%s world%s) at %s", sim.version, settings.world or "production",
     #scenarios > 0 and (", scenarios " .. table.concat(scenarios, ", ")) or "", sim.url)
   log.info("rehearsal: kubeconfig %s, scratch folder %s", kc, dir)
+  -- the runbook's tools dir (VQ_TOOLS_DIR, --tools DIR) is swapped for a scratch copy
+  local tools, terr = require("sim.gradlew.tools").rehearsal_copy(arg, dir, kc)
+  if terr then
+    sim:stop()
+    error(terr.message, 0)
+  end
+  if tools then
+    log.info("rehearsal: tools dir %s (VQ_TOOLS_DIR), a scratch copy of %s with the stand-in gradlew", tools.dir,
+      tools.from or "the template")
+    for _, link in ipairs(tools.links) do log.warn("rehearsal: copied the target of the tools dir's symlink %s", link) end
+  end
   local script = arg[0]
   local chunk, lerr = loadfile(script)
   if not chunk then
