@@ -29,6 +29,11 @@ local function err(code, message, details)
   return vq.error(code, message, details)
 end
 
+-- Iterators over streams return a fourth value that Lua 5.4's generic for closes when the
+-- loop ends, breaks or unwinds (a cancelled task): the stream never outlives its loop.
+local closing_mt = { __close = function(state) if state.close then state.close() end end }
+function kube.closing(state) return setmetatable(state, closing_mt) end
+
 -- ---- resource names ----
 
 -- Names as kubectl accepts them; the first type listed wins a shared name (core events
@@ -490,7 +495,7 @@ function Client:watch(res, opts)
       ::continue::
     end
   end
-  return next_event, state
+  return next_event, state, nil, kube.closing(state)
 end
 
 -- ---- writing ----
@@ -614,8 +619,9 @@ function Client:wait_for(res, name, pred, opts)
     local obj, e = self:get(t.key, n, { namespace = ns })
     if not obj and not (e.code == 404 and o.allow_missing) then return nil, e end
     if check(obj) then return obj or true end
-    local events, state = self:watch(t.key, { namespace = ns, fields = "metadata.name=" .. n,
+    local events, state, _, closer = self:watch(t.key, { namespace = ns, fields = "metadata.name=" .. n,
       resource_version = obj and obj.metadata.resourceVersion or nil })
+    local watch <close> = closer
     for ev in events do
       local cur = ev.type ~= "DELETED" and ev.object or nil
       if o.on_change then o.on_change(cur) end

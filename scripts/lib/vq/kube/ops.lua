@@ -398,7 +398,7 @@ return function(kube, Client)
         end
         ::continue::
       end
-    end, state
+    end, state, nil, kube.closing(state)
   end
 
   -- ---- many pods' logs at once ----
@@ -435,7 +435,8 @@ return function(kube, Client)
       end
       tasks[#tasks + 1] = vq.spawn(function()
         slots:get()
-        local iter, st = self:logs(pod.metadata.name, { namespace = ns, container = c, follow = true, since = opts.since })
+        local iter, st, _, closer = self:logs(pod.metadata.name, { namespace = ns, container = c, follow = true, since = opts.since })
+        local stream <close> = closer
         for text in iter do
           if not grep or text:find(grep) then
             local item = { pod = pod.metadata.name, container = c, text = text, colour = colour_of[pod.metadata.name] }
@@ -460,7 +461,8 @@ return function(kube, Client)
     end
 
     local watcher = vq.spawn(function()
-      local events, st = self:watch("pods", { namespace = ns, labels = opts.selector })
+      local events, st, _, closer = self:watch("pods", { namespace = ns, labels = opts.selector })
+      local watch <close> = closer
       follower.watch_state = st
       for ev in events do
         if follower.stopped then break end
