@@ -7,6 +7,7 @@ local util = require "sim.util"
 local resources = require "sim.resources"
 local printers = require "sim.printers"
 local patch = require "sim.patch"
+local protobuf = require "sim.protobuf"
 
 local M = {}
 local Api = {}
@@ -50,21 +51,31 @@ end
 
 -- ---- discovery ----
 
+-- The Go each minor release line is built with.
+local GO_VERSIONS = { [27] = "go1.22.5", [28] = "go1.22.5", [29] = "go1.22.5", [30] = "go1.22.8", [31] = "go1.22.8",
+                      [32] = "go1.23.6", [33] = "go1.24.2" }
+
 function Api:version_info()
   local v = self.sim.version
   local major, minor = v:match("^v(%d+)%.(%d+)")
-  return {
+  local info = {
     major = major, minor = minor, gitVersion = v, gitCommit = "vqlua-sim",
     gitTreeState = "clean", buildDate = "2026-01-01T00:00:00Z",
-    goVersion = "go1.22.0", compiler = "gc", platform = "linux/amd64",
+    goVersion = GO_VERSIONS[tonumber(minor)] or "go1.24.2", compiler = "gc", platform = "linux/amd64",
   }
+  -- 1.33 reports its compatibility versions (KEP-4330): it emulates itself, reads 1.32's data
+  if tonumber(minor) >= 33 then
+    info.emulationMajor, info.emulationMinor = major, minor
+    info.minCompatibilityMajor, info.minCompatibilityMinor = major, tostring(tonumber(minor) - 1)
+  end
+  return info
 end
 
-local function resource_list(gv)
+local function resource_list(gv, minor)
   local out = array()
   local types = {}
   for _, t in ipairs(resources.list) do
-    if t.api_version == gv then types[#types + 1] = t end
+    if t.api_version == gv and resources.served(t, minor) then types[#types + 1] = t end
   end
   for _, t in ipairs(types) do
     out[#out + 1] = {
@@ -81,19 +92,21 @@ local function resource_list(gv)
       elseif sub == "proxy" then kind, verbs = t.kind .. "ProxyOptions", { "create", "delete", "get", "patch", "update" }
       elseif sub == "eviction" then kind, verbs = "Eviction", { "create" }
       elseif sub == "binding" then kind, verbs = "Binding", { "create" } end
+      -- kubectl drain evicts only when pods/eviction names its group and version
+      local group = sub == "scale" and "autoscaling" or sub == "eviction" and "policy" or nil
       out[#out + 1] = { name = t.plural .. "/" .. sub, singularName = "", namespaced = t.namespaced,
-                        kind = kind, verbs = array(verbs),
-                        group = sub == "scale" and "autoscaling" or nil, version = sub == "scale" and "v1" or nil }
+                        kind = kind, verbs = array(verbs), group = group, version = group and "v1" or nil }
     end
   end
   return { kind = "APIResourceList", apiVersion = "v1", groupVersion = gv, resources = out }
 end
 
-local function group_list()
+local function group_list(minor)
   local groups = array()
-  for _, g in ipairs(resources.groups()) do
-    local gv = { groupVersion = g.name .. "/" .. g.version, version = g.version }
-    groups[#groups + 1] = { name = g.name, versions = array { gv }, preferredVersion = gv }
+  for _, g in ipairs(resources.groups(minor)) do
+    local versions = array()
+    for i, v in ipairs(g.versions) do versions[i] = { groupVersion = g.name .. "/" .. v, version = v } end
+    groups[#groups + 1] = { name = g.name, versions = versions, preferredVersion = versions[1] }
   end
   return { kind = "APIGroupList", apiVersion = "v1", groups = groups }
 end
@@ -136,6 +149,20 @@ local function parse_resource_path(parts)
   return r
 end
 
+-- kubectl 1.32+ typed clients write protobuf; every handler reads the JSON of it.
+local function protobuf_to_json(req, res)
+  local ct = (req.headers["content-type"] or ""):lower()
+  if not ct:find(protobuf.CONTENT_TYPE, 1, true) then return true end
+  local obj, err = protobuf.decode(req.body or "")
+  if not obj then
+    send_status(res, 400, "the body of the request was in an unknown format: " .. tostring(err), "BadRequest")
+    return false
+  end
+  req.body = json.encode(obj)
+  req.headers["content-type"] = "application/json"
+  return true
+end
+
 function Api:handle(req, res)
   local sim = self.sim
   if sim.faults and sim.faults:before(req, res) then return end
@@ -146,17 +173,19 @@ function Api:handle(req, res)
     return send_json(res, 200, { kind = "APIVersions", versions = array { "v1" },
       serverAddressByClientCIDRs = array { { clientCIDR = "0.0.0.0/0", serverAddress = "127.0.0.1:" .. (sim.port or 0) } } })
   end
-  if path == "/apis" or path == "/apis/" then return send_json(res, 200, group_list()) end
+  if path == "/apis" or path == "/apis/" then return send_json(res, 200, group_list(sim:minor())) end
   if sim.auth and not sim.auth(req, res) then return end
+  if not protobuf_to_json(req, res) then return end
   local parts = split_path(path)
   local r = parse_resource_path(parts)
   if not r then return self:handle_other(req, res, parts) end
   if not r.plural then
     local gv = r.group == "" and r.version or (r.group .. "/" .. r.version)
-    if resources.by_gv[gv] then return send_json(res, 200, resource_list(gv)) end
+    local list = resources.by_gv[gv] and resource_list(gv, sim:minor())
+    if list and #list.resources > 0 then return send_json(res, 200, list) end
     return send_status(res, 404, "the server could not find the requested resource", "NotFound")
   end
-  if not r.t then
+  if not r.t or not resources.served(r.t, sim:minor()) then
     return send_status(res, 404, "the server could not find the requested resource", "NotFound")
   end
   if r.t.namespaced == false and r.ns then
@@ -213,11 +242,35 @@ function Api:get(req, res, r)
   send_json(res, 200, obj)
 end
 
-local function selectors(req)
+-- The field labels a type's field selectors take beyond metadata.name and metadata.namespace
+-- (each registry's GetAttrs).
+local FIELD_LABELS = {
+  pods = { "spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork",
+           "status.phase", "status.podIP", "status.nominatedNodeName" },
+  events = { "involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+             "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason",
+             "reportingComponent", "source", "type" },
+  secrets = { "type" }, nodes = { "spec.unschedulable" }, namespaces = { "status.phase" },
+  replicationcontrollers = { "status.replicas" }, ["replicasets.apps"] = { "status.replicas" },
+  ["jobs.batch"] = { "status.successful" },
+}
+
+local function field_label_supported(t, key)
+  if key == "metadata.name" or key == "metadata.namespace" then return true end
+  for _, k in ipairs(FIELD_LABELS[resources.store_key(t)] or {}) do
+    if k == key then return true end
+  end
+  return false
+end
+
+local function selectors(req, t)
   local labels, lerr = util.parse_labels(req.query.labelSelector)
   if not labels then return nil, lerr end
   local fields, ferr = util.parse_fields(req.query.fieldSelector)
   if not fields then return nil, ferr end
+  for _, f in ipairs(fields) do
+    if not field_label_supported(t, f.key) then return nil, "field label not supported: " .. f.key end
+  end
   return function(obj) return util.match_labels(labels, obj.metadata.labels) and util.match_fields(fields, obj) end
 end
 
@@ -233,7 +286,7 @@ end
 
 function Api:list(req, res, r)
   local store = self.sim.store
-  local filter, ferr = selectors(req)
+  local filter, ferr = selectors(req, r.t)
   if not filter then return send_status(res, 400, ferr, "BadRequest") end
   local items = store:list(resources.store_key(r.t), r.ns, filter)
   local list_rv = store.rv
@@ -278,7 +331,7 @@ end
 -- with a 410 Status, as the real apiserver sends it.
 function Api:watch(req, res, r)
   local store = self.sim.store
-  local filter, ferr = selectors(req)
+  local filter, ferr = selectors(req, r.t)
   if not filter then return send_status(res, 400, ferr, "BadRequest") end
   local rv = req.query.resourceVersion
   local from = tonumber(rv)
@@ -370,6 +423,26 @@ local function spec_of(obj)
   return json.encode(copy, { sort_keys = true })
 end
 
+-- The types whose registry keeps metadata.generation (pods from 1.33 on: KEP-5067).
+local GENERATION = {
+  ["deployments.apps"] = true, ["replicasets.apps"] = true, ["statefulsets.apps"] = true, ["daemonsets.apps"] = true,
+  ["jobs.batch"] = true, ["cronjobs.batch"] = true, replicationcontrollers = true,
+  ["ingresses.networking.k8s.io"] = true, ["ingressclasses.networking.k8s.io"] = true,
+  ["networkpolicies.networking.k8s.io"] = true, ["poddisruptionbudgets.policy"] = true,
+  ["horizontalpodautoscalers.autoscaling"] = true, ["priorityclasses.scheduling.k8s.io"] = true,
+  ["customresourcedefinitions.apiextensions.k8s.io"] = true,
+  ["flowschemas.flowcontrol.apiserver.k8s.io"] = true, ["prioritylevelconfigurations.flowcontrol.apiserver.k8s.io"] = true,
+  ["mutatingwebhookconfigurations.admissionregistration.k8s.io"] = true,
+  ["validatingwebhookconfigurations.admissionregistration.k8s.io"] = true,
+  ["validatingadmissionpolicies.admissionregistration.k8s.io"] = true,
+  ["validatingadmissionpolicybindings.admissionregistration.k8s.io"] = true,
+}
+
+local function has_generation(sim, t)
+  if t.key == "pods" then return sim:minor() >= 33 end
+  return GENERATION[t.key] == true
+end
+
 --- Fill what the apiserver fills on create; returns the object or nil, status.
 function Api:admit_create(t, ns, obj)
   obj.apiVersion, obj.kind = t.api_version, t.kind
@@ -401,7 +474,7 @@ function Api:admit_create(t, ns, obj)
   meta.uid = util.uuid()
   meta.creationTimestamp = util.rfc3339(self.sim.clock:now())
   meta.resourceVersion = nil
-  if obj.spec ~= nil then meta.generation = 1 end
+  meta.generation = has_generation(self.sim, t) and 1 or nil
   local hook = self.sim.admission and self.sim.admission[t.key]
   if hook then
     local ok, status = hook(self.sim, "create", obj, nil)
@@ -472,8 +545,11 @@ function Api:replace(t, ns, name, new, opts)
     new.status = old.status
   end
   if opts.part ~= "status" then
-    meta.generation = old.metadata.generation
-    if new.spec ~= nil and spec_of(new) ~= spec_of(old) then meta.generation = (old.metadata.generation or 0) + 1 end
+    meta.generation = nil
+    if has_generation(self.sim, t) then
+      meta.generation = old.metadata.generation
+      if spec_of(new) ~= spec_of(old) then meta.generation = (old.metadata.generation or 0) + 1 end
+    end
   end
   meta.managedFields = meta.managedFields or old.metadata.managedFields
   local hook = self.sim.admission and self.sim.admission[t.key]
@@ -603,7 +679,7 @@ function Api:delete(req, res, r)
 end
 
 function Api:delete_collection(req, res, r)
-  local filter, ferr = selectors(req)
+  local filter, ferr = selectors(req, r.t)
   if not filter then return send_status(res, 400, ferr, "BadRequest") end
   local o = delete_options(req)
   local items = self.sim.store:list(resources.store_key(r.t), r.ns, filter)

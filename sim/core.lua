@@ -22,7 +22,10 @@ local function default_probe(probe)
 end
 
 local function default_container(c)
-  c.imagePullPolicy = c.imagePullPolicy or ((c.image or ""):find(":latest$") and "Always" or "IfNotPresent")
+  -- Always for :latest and for an image with neither tag nor digest
+  local image = c.image or ""
+  local untagged = not image:find("@", 1, true) and not image:match(":[^/]*$")
+  c.imagePullPolicy = c.imagePullPolicy or ((image:find(":latest$") or untagged) and "Always" or "IfNotPresent")
   c.terminationMessagePath = c.terminationMessagePath or "/dev/termination-log"
   c.terminationMessagePolicy = c.terminationMessagePolicy or "File"
   c.resources = c.resources or {}
@@ -55,6 +58,27 @@ local function default_pod(obj)
     end
   end
   obj.status = obj.status or { phase = "Pending", qosClass = "BestEffort" }
+end
+
+-- A template: its pod defaults, no status, and the creationTimestamp: null the Go
+-- encoding of its (zero) ObjectMeta writes.
+local function default_template(template)
+  default_pod(template)
+  template.status = nil
+  local meta = util.ensure(template, "metadata")
+  if meta.creationTimestamp == nil then meta.creationTimestamp = json.null end
+end
+
+-- A StatefulSet's claim templates are whole PersistentVolumeClaims.
+local function default_claim_templates(spec)
+  for _, pvc in ipairs(spec.volumeClaimTemplates or {}) do
+    pvc.apiVersion, pvc.kind = pvc.apiVersion or "v1", pvc.kind or "PersistentVolumeClaim"
+    local meta = util.ensure(pvc, "metadata")
+    if meta.creationTimestamp == nil then meta.creationTimestamp = json.null end
+    pvc.spec = pvc.spec or {}
+    pvc.spec.volumeMode = pvc.spec.volumeMode or "Filesystem"
+    pvc.status = pvc.status or { phase = "Pending" }
+  end
 end
 
 local PRIORITIES = { ["system-cluster-critical"] = 2000000000, ["system-node-critical"] = 2000001000 }
@@ -130,13 +154,16 @@ local function default_workload(obj, kind)
   elseif kind == "DaemonSet" then
     spec.updateStrategy = spec.updateStrategy or { type = "RollingUpdate", rollingUpdate = { maxUnavailable = 1, maxSurge = 0 } }
   end
-  if spec.template then default_pod(spec.template) spec.template.status = nil end
+  if spec.template then default_template(spec.template) end
+  if kind == "StatefulSet" then default_claim_templates(spec) end
   obj.status = obj.status or {}
 end
 
-local function default_job(obj)
+local function default_job(sim, obj)
   local spec = obj.spec or {}
   obj.spec = spec
+  -- JobPodReplacementPolicy (beta, on) from 1.29
+  if sim:minor() >= 29 then spec.podReplacementPolicy = spec.podReplacementPolicy or "TerminatingOrFailed" end
   spec.parallelism = spec.parallelism or 1
   spec.completions = spec.completions or 1
   spec.backoffLimit = spec.backoffLimit or 6
@@ -156,8 +183,7 @@ local function default_job(obj)
   obj.metadata.labels["batch.kubernetes.io/job-name"] = obj.metadata.name
   obj.metadata.labels["controller-uid"] = uid
   obj.metadata.labels["job-name"] = obj.metadata.name
-  default_pod(spec.template)
-  spec.template.status = nil
+  default_template(spec.template)
   spec.template.spec.restartPolicy = spec.template.spec.restartPolicy ~= "Always" and spec.template.spec.restartPolicy or "Never"
   obj.status = obj.status or {}
 end
@@ -238,8 +264,8 @@ local function install_defaults(sim)
       if #causes > 0 then return invalid(kind, obj, causes) end
     end
   end
-  a["jobs.batch"] = function(_, op, obj, old)
-    if op == "create" then default_job(obj)
+  a["jobs.batch"] = function(s, op, obj, old)
+    if op == "create" then default_job(s, obj)
     elseif old and old.spec and obj.spec and json.encode(old.spec.template, { sort_keys = true }) ~= json.encode(obj.spec.template, { sort_keys = true }) then
       return false, api_mod.status(422, ('Job.batch "%s" is invalid: spec.template: Invalid value: field is immutable'):format(obj.metadata.name), "Invalid")
     end
@@ -253,10 +279,11 @@ local function install_defaults(sim)
       spec.successfulJobsHistoryLimit = spec.successfulJobsHistoryLimit or 3
       spec.failedJobsHistoryLimit = spec.failedJobsHistoryLimit or 1
       -- the pod template inside the job template gets the pod defaults, as any PodSpec does
-      local template = spec.jobTemplate and spec.jobTemplate.spec and spec.jobTemplate.spec.template
-      if template then
-        default_pod(template)
-        template.status = nil
+      local jt = spec.jobTemplate
+      if jt then
+        local meta = util.ensure(jt, "metadata")
+        if meta.creationTimestamp == nil then meta.creationTimestamp = json.null end
+        if jt.spec and jt.spec.template then default_template(jt.spec.template) end
       end
       obj.status = obj.status or {}
     end
@@ -301,6 +328,7 @@ local function install_defaults(sim)
       table.insert(obj.metadata.finalizers, "kubernetes.io/pv-protection")
       obj.spec = obj.spec or {}
       obj.spec.persistentVolumeReclaimPolicy = obj.spec.persistentVolumeReclaimPolicy or "Retain"
+      if obj.spec.hostPath then obj.spec.hostPath.type = obj.spec.hostPath.type or "" end
       obj.spec.volumeMode = obj.spec.volumeMode or "Filesystem"
       -- a volume created for a claim (claimRef) is still Available until the binder binds it
       obj.status = obj.status or { phase = "Available" }

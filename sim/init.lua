@@ -16,6 +16,11 @@ Sim.__index = Sim
 
 M.DEFAULT_VERSION = "v1.30.6"
 
+--- The minor version the server reports (27 for v1.27.16): what it prints and defaults differ by it.
+function Sim:minor()
+  return tonumber(self.version:match("^v%d+%.(%d+)")) or 30
+end
+
 --- The type descriptor for a resource key ("pods", "statefulsets.apps").
 function Sim:type(key) return resources.by_key[key] end
 

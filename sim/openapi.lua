@@ -1,10 +1,11 @@
--- OpenAPI v3 discovery, as much as kubectl reads: `kubectl apply` (client- and server-side)
+-- OpenAPI v3 and v2 discovery, as much as kubectl reads: `kubectl apply` (client- and server-side)
 -- asks whether the server validates fields itself (the fieldValidation parameter of each
 -- type's PATCH operation, matched by x-kubernetes-group-version-kind) and, if it cannot
 -- tell, refuses to go on without --validate=false.
 local json = require "json"
 local resources = require "sim.resources"
 local api_mod = require "sim.api"
+local protobuf = require "sim.protobuf"
 
 local M = {}
 
@@ -52,8 +53,99 @@ local function root(sim)
   return { paths = paths }
 end
 
+-- ---- OpenAPI v2: kubectl 1.27 asks it (as protobuf) the same question ----
+
+local CONSUMES = { "application/json-patch+json", "application/merge-patch+json",
+                   "application/strategic-merge-patch+json", "application/apply-patch+yaml" }
+local PRODUCES = { "application/json", "application/yaml", "application/vnd.kubernetes.protobuf" }
+
+-- "rbac.authorization.k8s.io" -> "RbacAuthorization", "" -> "Core"
+local function group_camel(group)
+  if group == "" then return "Core" end
+  local out = {}
+  for part in group:gsub("%.k8s%.io$", ""):gmatch("[^.]+") do out[#out + 1] = part:sub(1, 1):upper() .. part:sub(2) end
+  return table.concat(out)
+end
+
+--- The PATCH operations of the served types, one per path, as the v2 document lists them.
+local function v2_operations()
+  local ops = {}
+  for _, t in ipairs(resources.list) do
+    if not t.shared_with then
+      local camel = group_camel(t.group)
+      ops[#ops + 1] = {
+        path = "/" .. gv_path(t) .. (t.namespaced and "/namespaces/{namespace}/" or "/") .. t.plural .. "/{name}",
+        id = "patch" .. camel .. t.version:gsub("^v", "V") .. (t.namespaced and "Namespaced" or "") .. t.kind,
+        tag = camel:sub(1, 1):lower() .. camel:sub(2) .. "_" .. t.version,
+        description = "partially update the specified " .. t.kind,
+        gvk = ("group: %s\nkind: %s\nversion: %s\n"):format(t.group == "" and '""' or t.group, t.kind, t.version),
+        t = t,
+      }
+    end
+  end
+  table.sort(ops, function(a, b) return a.path < b.path end)
+  return ops
+end
+
+local function v2_json(sim)
+  local paths = {}
+  for _, op in ipairs(v2_operations()) do
+    local params = array()
+    for _, name in ipairs(QUERY) do
+      params[#params + 1] = { name = name, ["in"] = "query", type = name == "force" and "boolean" or "string", uniqueItems = true }
+    end
+    paths[op.path] = { patch = {
+      description = op.description, operationId = op.id, tags = array { op.tag },
+      consumes = array(CONSUMES), produces = array(PRODUCES), schemes = array { "https" }, parameters = params,
+      responses = { ["200"] = { description = "OK" } },
+      ["x-kubernetes-action"] = "patch",
+      ["x-kubernetes-group-version-kind"] = { group = op.t.group, kind = op.t.kind, version = op.t.version },
+    } }
+  end
+  return { swagger = "2.0", info = { title = "Kubernetes", version = sim.version }, paths = paths, definitions = {} }
+end
+
+-- gnostic's openapi_v2.Document (openapiv2/OpenAPIv2.proto), with only what kubectl reads.
+local function v2_protobuf(sim)
+  local pb = protobuf
+  local function strings(num, list)
+    local out = {}
+    for i, s in ipairs(list) do out[i] = pb.bytes(num, s) end
+    return table.concat(out)
+  end
+  local function extension(name, yaml) return pb.message(13, { pb.bytes(1, name), pb.message(2, { pb.bytes(2, yaml) }) }) end
+  local function query(name)
+    local sub = { pb.bytes(2, "query"), pb.bytes(4, name), pb.bytes(6, name == "force" and "boolean" or "string"), pb.bool(20, true) }
+    -- ParametersItem.parameter -> Parameter.non_body_parameter -> NonBodyParameter.query_parameter_sub_schema
+    return pb.message(8, { pb.message(1, { pb.message(2, { pb.message(3, sub) }) }) })
+  end
+  local paths = {}
+  for _, op in ipairs(v2_operations()) do
+    local parts = { pb.bytes(1, op.tag), pb.bytes(3, op.description), pb.bytes(5, op.id), strings(6, PRODUCES), strings(7, CONSUMES) }
+    for _, name in ipairs(QUERY) do parts[#parts + 1] = query(name) end
+    parts[#parts + 1] = pb.message(9, { pb.message(1, { pb.bytes(1, "200"), pb.message(2, { pb.message(1, { pb.bytes(1, "OK") }) }) }) })
+    parts[#parts + 1] = pb.bytes(10, "https")
+    parts[#parts + 1] = extension("x-kubernetes-action", "patch\n")
+    parts[#parts + 1] = extension("x-kubernetes-group-version-kind", op.gvk)
+    -- Paths.path -> NamedPathItem{name, PathItem{patch = 8}}
+    paths[#paths + 1] = pb.message(2, { pb.bytes(1, op.path), pb.message(2, { pb.message(8, parts) }) })
+  end
+  return table.concat {
+    pb.bytes(1, "2.0"), pb.message(2, { pb.bytes(1, "Kubernetes"), pb.bytes(2, sim.version) }), pb.message(8, paths),
+  }
+end
+
+local function serve_v2(sim, req, res)
+  if (req.headers.accept or ""):find("protobuf", 1, true) then
+    -- the real server serves the bytes as it serves a file: application/octet-stream
+    return res:send(200, v2_protobuf(sim), { ["Content-Type"] = "application/octet-stream", Vary = "Accept" })
+  end
+  api_mod.send_json(res, 200, v2_json(sim))
+end
+
 function M.install(sim)
   sim.extra_routes.openapi = function(req, res, parts)
+    if parts[2] == "v2" and #parts == 2 then return serve_v2(sim, req, res) end
     if parts[2] ~= "v3" then
       return api_mod.send_status(res, 404, "the server could not find the requested resource", "NotFound")
     end

@@ -11,6 +11,18 @@ local function col(name, typ, priority, format, desc)
   return { name = name, type = typ or "string", format = format or "", description = desc or "", priority = priority or 0 }
 end
 
+-- A column the apiserver prints from minor version `minor` on (Job STATUS came in 1.30).
+local function since_minor(minor, c)
+  c.since_minor = minor
+  return c
+end
+
+-- printBoolPtr
+local function bool_text(v)
+  if v == nil then return "<unset>" end
+  return v and "True" or "False"
+end
+
 local NAME = col("Name", "string", 0, "name", "Name must be unique within a namespace.")
 
 local function age(sim, obj)
@@ -68,21 +80,62 @@ end
 
 local pod_status = require("vq.kube.pods").status
 
-local function pod_restarts(sim, pod)
-  local restarts, last = 0, nil
-  local function count(list)
-    for _, c in ipairs(list or {}) do
-      restarts = restarts + (c.restartCount or 0)
-      local lt = c.lastState and c.lastState.terminated
-      local t = lt and util.parse_time(lt.finishedAt)
-      if t and (not last or t > last) then last = t end
-    end
+local function initialized(pod)
+  for _, c in ipairs((pod.status or {}).conditions or {}) do
+    if c.type == "Initialized" then return c.status == "True" end
   end
-  count((pod.status or {}).containerStatuses)
+  return false
+end
+
+-- printPod's RESTARTS: the init containers' while the pod initializes, else the
+-- containers' and the sidecars' (restartable init containers), with the last restart's age.
+local function pod_restarts(sim, pod, initializing)
+  local st, sidecar = pod.status or {}, {}
+  for _, c in ipairs((pod.spec or {}).initContainers or {}) do sidecar[c.name] = c.restartPolicy == "Always" end
+  local function count(list, only_sidecars)
+    local n, last = 0, nil
+    for _, c in ipairs(list or {}) do
+      if not only_sidecars or sidecar[c.name] then
+        n = n + (c.restartCount or 0)
+        local lt = c.lastState and c.lastState.terminated
+        local t = lt and util.parse_time(lt.finishedAt)
+        if t and (not last or t > last) then last = t end
+      end
+    end
+    return n, last
+  end
+  local restarts, last = count(st.initContainerStatuses)
+  if not initializing or initialized(pod) then
+    restarts, last = count(st.initContainerStatuses, true)
+    local n, t = count(st.containerStatuses)
+    restarts = restarts + n
+    if t and (not last or t > last) then last = t end
+  end
   if restarts > 0 and last then
     return ("%d (%s ago)"):format(restarts, util.human_duration(sim.clock:now() - last))
   end
   return tostring(restarts)
+end
+
+local function pod_ip(pod)
+  local st = pod.status or {}
+  return st.podIPs and st.podIPs[1] and st.podIPs[1].ip or st.podIP
+end
+
+-- "true gates/gates" of spec.readinessGates, by the pod's conditions
+local function readiness_gates(pod)
+  local gates = pod.spec and pod.spec.readinessGates
+  if not gates or #gates == 0 then return "<none>" end
+  local n = 0
+  for _, g in ipairs(gates) do
+    for _, c in ipairs((pod.status or {}).conditions or {}) do
+      if c.type == g.conditionType then
+        if c.status == "True" then n = n + 1 end
+        break
+      end
+    end
+  end
+  return ("%d/%d"):format(n, #gates)
 end
 
 local printers = {}
@@ -95,12 +148,9 @@ printers.pods = {
     col("Readiness Gates", "string", 1) },
   row = function(sim, pod)
     local reason, ready = pod_status(pod)
-    local gates = "<none>"
-    local rg = pod.spec and pod.spec.readinessGates
-    if rg and #rg > 0 then gates = ("0/%d"):format(#rg) end
-    return { pod.metadata.name, ready, reason, pod_restarts(sim, pod), age(sim, pod),
-      none(pod.status and pod.status.podIP), none(pod.spec and pod.spec.nodeName),
-      none(pod.status and pod.status.nominatedNodeName), gates }
+    return { pod.metadata.name, ready, reason, pod_restarts(sim, pod, reason:match("^Init:") ~= nil), age(sim, pod),
+      none(pod_ip(pod)), none(pod.spec and pod.spec.nodeName),
+      none(pod.status and pod.status.nominatedNodeName), readiness_gates(pod) }
   end,
 }
 
@@ -207,43 +257,65 @@ printers["deployments.apps"] = {
     local st = d.status or {}
     local names, images = containers_images(d.spec and d.spec.template and d.spec.template.spec)
     return { d.metadata.name, ("%d/%d"):format(st.readyReplicas or 0, (d.spec or {}).replicas or 1),
-      tostring(st.updatedReplicas or 0), tostring(st.availableReplicas or 0), age(sim, d), names, images,
+      st.updatedReplicas or 0, st.availableReplicas or 0, age(sim, d), names, images,
       selector_text(d.spec and d.spec.selector) }
   end,
 }
 
 printers["daemonsets.apps"] = {
-  columns = { NAME, col("Desired", "string"), col("Current", "string"), col("Ready", "string"), col("Up-to-date", "string"),
-    col("Available", "string"), col("Node Selector"), col("Age"), col("Containers", "string", 1),
+  columns = { NAME, col("Desired", "integer"), col("Current", "integer"), col("Ready", "integer"), col("Up-to-date", "integer"),
+    col("Available", "integer"), col("Node Selector"), col("Age"), col("Containers", "string", 1),
     col("Images", "string", 1), col("Selector", "string", 1) },
   row = function(sim, d)
     local st = d.status or {}
     local tspec = d.spec and d.spec.template and d.spec.template.spec or {}
     local names, images = containers_images(tspec)
-    return { d.metadata.name, tostring(st.desiredNumberScheduled or 0), tostring(st.currentNumberScheduled or 0),
-      tostring(st.numberReady or 0), tostring(st.updatedNumberScheduled or 0), tostring(st.numberAvailable or 0),
+    return { d.metadata.name, st.desiredNumberScheduled or 0, st.currentNumberScheduled or 0,
+      st.numberReady or 0, st.updatedNumberScheduled or 0, st.numberAvailable or 0,
       map_text(tspec.nodeSelector), age(sim, d), names, images, selector_text(d.spec and d.spec.selector) }
   end,
 }
 
 printers["replicasets.apps"] = {
-  columns = { NAME, col("Desired", "string"), col("Current", "string"), col("Ready", "string"), col("Age"),
+  columns = { NAME, col("Desired", "integer"), col("Current", "integer"), col("Ready", "integer"), col("Age"),
     col("Containers", "string", 1), col("Images", "string", 1), col("Selector", "string", 1) },
   row = function(sim, r)
     local st = r.status or {}
     local names, images = containers_images(r.spec and r.spec.template and r.spec.template.spec)
-    return { r.metadata.name, tostring((r.spec or {}).replicas or 1), tostring(st.replicas or 0),
-      tostring(st.readyReplicas or 0), age(sim, r), names, images, selector_text(r.spec and r.spec.selector) }
+    return { r.metadata.name, (r.spec or {}).replicas or 1, st.replicas or 0, st.readyReplicas or 0, age(sim, r),
+      names, images, selector_text(r.spec and r.spec.selector) }
   end,
 }
 
+local function has_condition(obj, typ)
+  for _, c in ipairs((obj.status or {}).conditions or {}) do
+    if c.type == typ and c.status == "True" then return true end
+  end
+  return false
+end
+
+local function job_status(j)
+  if has_condition(j, "Complete") then return "Complete" end
+  if has_condition(j, "Failed") then return "Failed" end
+  if j.metadata.deletionTimestamp then return "Terminating" end
+  if has_condition(j, "Suspended") then return "Suspended" end
+  if has_condition(j, "FailureTarget") then return "FailureTarget" end
+  return "Running"
+end
+
 printers["jobs.batch"] = {
-  columns = { NAME, col("Completions"), col("Duration"), col("Age"), col("Containers", "string", 1),
-    col("Images", "string", 1), col("Selector", "string", 1) },
+  columns = { NAME, since_minor(30, col("Status", "string", 0, "", "Status of the job.")), col("Completions"), col("Duration"),
+    col("Age"), col("Containers", "string", 1), col("Images", "string", 1), col("Selector", "string", 1) },
   row = function(sim, j)
     local st, spec = j.status or {}, j.spec or {}
-    local completions = spec.completions and ("%d/%d"):format(st.succeeded or 0, spec.completions)
-      or ("%d/1 of %d"):format(st.succeeded or 0, spec.parallelism or 1)
+    local completions
+    if spec.completions then
+      completions = ("%d/%d"):format(st.succeeded or 0, spec.completions)
+    elseif (spec.parallelism or 0) > 1 then
+      completions = ("%d/1 of %d"):format(st.succeeded or 0, spec.parallelism)
+    else
+      completions = ("%d/1"):format(st.succeeded or 0)
+    end
     local duration = ""
     local start = util.parse_time(st.startTime)
     if start then
@@ -251,18 +323,18 @@ printers["jobs.batch"] = {
       duration = util.human_duration(finish - start)
     end
     local names, images = containers_images(spec.template and spec.template.spec)
-    return { j.metadata.name, completions, duration, age(sim, j), names, images, selector_text(spec.selector) }
+    return { j.metadata.name, job_status(j), completions, duration, age(sim, j), names, images, selector_text(spec.selector) }
   end,
 }
 
 printers["cronjobs.batch"] = {
-  columns = { NAME, col("Schedule"), col("Timezone"), col("Suspend", "boolean"), col("Active", "integer"),
+  columns = { NAME, col("Schedule"), since_minor(30, col("Timezone")), col("Suspend", "boolean"), col("Active", "integer"),
     col("Last Schedule"), col("Age"), col("Containers", "string", 1), col("Images", "string", 1), col("Selector", "string", 1) },
   row = function(sim, c)
     local spec, st = c.spec or {}, c.status or {}
     local tspec = spec.jobTemplate and spec.jobTemplate.spec and spec.jobTemplate.spec.template and spec.jobTemplate.spec.template.spec
     local names, images = containers_images(tspec)
-    return { c.metadata.name, spec.schedule or "", spec.timeZone or "<none>", spec.suspend == true, #(st.active or {}),
+    return { c.metadata.name, spec.schedule or "", spec.timeZone or "<none>", bool_text(spec.suspend), #(st.active or {}),
       st.lastScheduleTime and since(sim, st.lastScheduleTime) or "<none>", age(sim, c), names, images,
       selector_text(spec.jobTemplate and spec.jobTemplate.spec and spec.jobTemplate.spec.selector) }
   end,
@@ -275,28 +347,42 @@ local function access_modes(modes)
   return table.concat(out, ",")
 end
 
+local function unset(v)
+  if v == nil then return "<unset>" end
+  return v
+end
+
+local function storage_class(obj)
+  local beta = (obj.metadata.annotations or {})["volume.beta.kubernetes.io/storage-class"]
+  return beta or (obj.spec or {}).storageClassName or ""
+end
+
 printers.persistentvolumes = {
   columns = { NAME, col("Capacity"), col("Access Modes"), col("Reclaim Policy"), col("Status"), col("Claim"),
-    col("StorageClass"), col("VolumeAttributesClass"), col("Reason"), col("Age"), col("VolumeMode", "string", 1) },
+    col("StorageClass"), since_minor(29, col("VolumeAttributesClass")), col("Reason"), col("Age"), col("VolumeMode", "string", 1) },
   row = function(sim, pv)
     local spec, st = pv.spec or {}, pv.status or {}
-    local claim = spec.claimRef and (spec.claimRef.namespace .. "/" .. spec.claimRef.name) or ""
-    return { pv.metadata.name, (spec.capacity or {}).storage or "", access_modes(spec.accessModes),
-      spec.persistentVolumeReclaimPolicy or "Retain", st.phase or "Pending", claim, spec.storageClassName or "",
-      spec.volumeAttributesClassName or "<unset>", st.reason or "", age(sim, pv), spec.volumeMode or "Filesystem" }
+    local claim = spec.claimRef and ((spec.claimRef.namespace or "") .. "/" .. (spec.claimRef.name or "")) or ""
+    local phase = pv.metadata.deletionTimestamp and "Terminating" or st.phase or ""
+    return { pv.metadata.name, (spec.capacity or {}).storage or "0", access_modes(spec.accessModes),
+      spec.persistentVolumeReclaimPolicy or "", phase, claim, storage_class(pv),
+      unset(spec.volumeAttributesClassName), st.reason or "", age(sim, pv), unset(spec.volumeMode) }
   end,
 }
 
 printers.persistentvolumeclaims = {
   columns = { NAME, col("Status"), col("Volume"), col("Capacity"), col("Access Modes"), col("StorageClass"),
-    col("VolumeAttributesClass"), col("Age"), col("VolumeMode", "string", 1) },
+    since_minor(29, col("VolumeAttributesClass")), col("Age"), col("VolumeMode", "string", 1) },
   row = function(sim, pvc)
     local spec, st = pvc.spec or {}, pvc.status or {}
-    local phase = st.phase or "Pending"
-    if pvc.metadata.deletionTimestamp then phase = "Terminating" end
-    return { pvc.metadata.name, phase, spec.volumeName or "", (st.capacity or {}).storage or "",
-      access_modes(st.accessModes), spec.storageClassName or "", spec.volumeAttributesClassName or "<unset>",
-      age(sim, pvc), spec.volumeMode or "Filesystem" }
+    local phase = pvc.metadata.deletionTimestamp and "Terminating" or st.phase or ""
+    -- capacity and access modes are the bound volume's: none before binding
+    local capacity, modes = "", ""
+    if (spec.volumeName or "") ~= "" then
+      capacity, modes = (st.capacity or {}).storage or "0", access_modes(st.accessModes)
+    end
+    return { pvc.metadata.name, phase, spec.volumeName or "", capacity, modes, storage_class(pvc),
+      unset(spec.volumeAttributesClassName), age(sim, pvc), unset(spec.volumeMode) }
   end,
 }
 
@@ -383,9 +469,19 @@ local default_printer = {
 function M.table(sim, t, objects, query, rv)
   local p = printers[t.shared_with or t.key] or default_printer
   local include = query and query.includeObject or "Metadata"
+  local minor, keep = sim:minor(), {}
+  local cols = array()
+  for i, c in ipairs(p.columns) do
+    if (c.since_minor or 0) <= minor then
+      keep[#keep + 1] = i
+      cols[#cols + 1] = { name = c.name, type = c.type, format = c.format, description = c.description, priority = c.priority }
+    end
+  end
   local rows = array()
   for _, obj in ipairs(objects) do
-    local row = { cells = array(p.row(sim, obj)) }
+    local all, cells = p.row(sim, obj), array()
+    for j, i in ipairs(keep) do cells[j] = all[i] end
+    local row = { cells = cells }
     if include == "Object" then
       row.object = obj
     elseif include ~= "None" then
@@ -393,8 +489,6 @@ function M.table(sim, t, objects, query, rv)
     end
     rows[#rows + 1] = row
   end
-  local cols = array()
-  for i, c in ipairs(p.columns) do cols[i] = c end
   return { kind = "Table", apiVersion = "meta.k8s.io/v1", metadata = { resourceVersion = tostring(rv) },
     columnDefinitions = cols, rows = rows }
 end

@@ -1,24 +1,89 @@
 -- The resource types the simulator serves: what discovery lists and what routes,
--- stores and prints each. One entry per type, as the real apiserver registers them.
+-- stores and prints each. One entry per type, as the real apiserver registers them: the
+-- client's types, the built-in ones runbooks never touch (so `kubectl api-resources`
+-- lists what a real cluster lists), and per type the minor versions that serve it.
 local M = {}
 
-M.list = require("vq.kube.types").list
+local function def(t)
+  t.singular = t.singular or t.kind:lower()
+  t.verbs = t.verbs or { "create", "delete", "deletecollection", "get", "list", "patch", "update", "watch" }
+  t.short = t.short or {}
+  t.api_version = t.group == "" and t.version or (t.group .. "/" .. t.version)
+  t.key = t.group == "" and t.plural or (t.plural .. "." .. t.group)
+  return t
+end
+
+local REVIEW = { "create" }
+
+-- Built in and on by default in 1.27 … 1.33, beyond the client's types.
+local EXTRA = {
+  def { group = "admissionregistration.k8s.io", version = "v1", kind = "MutatingWebhookConfiguration", plural = "mutatingwebhookconfigurations", namespaced = false },
+  def { group = "admissionregistration.k8s.io", version = "v1", kind = "ValidatingWebhookConfiguration", plural = "validatingwebhookconfigurations", namespaced = false },
+  def { group = "admissionregistration.k8s.io", version = "v1", kind = "ValidatingAdmissionPolicy", plural = "validatingadmissionpolicies", namespaced = false, subresources = { "status" }, min_minor = 30 },
+  def { group = "admissionregistration.k8s.io", version = "v1", kind = "ValidatingAdmissionPolicyBinding", plural = "validatingadmissionpolicybindings", namespaced = false, min_minor = 30 },
+  def { group = "apiregistration.k8s.io", version = "v1", kind = "APIService", plural = "apiservices", namespaced = false, subresources = { "status" } },
+  def { group = "authentication.k8s.io", version = "v1", kind = "TokenReview", plural = "tokenreviews", namespaced = false, verbs = REVIEW },
+  def { group = "authentication.k8s.io", version = "v1beta1", kind = "SelfSubjectReview", plural = "selfsubjectreviews", namespaced = false, verbs = REVIEW, max_minor = 27 },
+  def { group = "authorization.k8s.io", version = "v1", kind = "LocalSubjectAccessReview", plural = "localsubjectaccessreviews", namespaced = true, verbs = REVIEW },
+  def { group = "authorization.k8s.io", version = "v1", kind = "SubjectAccessReview", plural = "subjectaccessreviews", namespaced = false, verbs = REVIEW },
+  def { group = "certificates.k8s.io", version = "v1", kind = "CertificateSigningRequest", plural = "certificatesigningrequests", short = { "csr" }, namespaced = false, subresources = { "approval", "status" } },
+  def { group = "discovery.k8s.io", version = "v1", kind = "EndpointSlice", plural = "endpointslices", namespaced = true },
+  def { group = "flowcontrol.apiserver.k8s.io", version = "v1beta3", kind = "FlowSchema", plural = "flowschemas", namespaced = false, subresources = { "status" }, max_minor = 28 },
+  def { group = "flowcontrol.apiserver.k8s.io", version = "v1beta3", kind = "PriorityLevelConfiguration", plural = "prioritylevelconfigurations", namespaced = false, subresources = { "status" }, max_minor = 28 },
+  def { group = "flowcontrol.apiserver.k8s.io", version = "v1", kind = "FlowSchema", plural = "flowschemas", namespaced = false, subresources = { "status" }, min_minor = 29,
+        shared_with = "flowschemas.flowcontrol.apiserver.k8s.io" },
+  def { group = "flowcontrol.apiserver.k8s.io", version = "v1", kind = "PriorityLevelConfiguration", plural = "prioritylevelconfigurations", namespaced = false, subresources = { "status" }, min_minor = 29,
+        shared_with = "prioritylevelconfigurations.flowcontrol.apiserver.k8s.io" },
+  def { group = "networking.k8s.io", version = "v1", kind = "NetworkPolicy", plural = "networkpolicies", short = { "netpol" }, namespaced = true },
+  def { group = "networking.k8s.io", version = "v1", kind = "IPAddress", plural = "ipaddresses", short = { "ip" }, namespaced = false, min_minor = 33 },
+  def { group = "networking.k8s.io", version = "v1", kind = "ServiceCIDR", plural = "servicecidrs", namespaced = false, subresources = { "status" }, min_minor = 33 },
+  def { group = "node.k8s.io", version = "v1", kind = "RuntimeClass", plural = "runtimeclasses", namespaced = false },
+  def { group = "storage.k8s.io", version = "v1", kind = "CSIDriver", plural = "csidrivers", namespaced = false },
+  def { group = "storage.k8s.io", version = "v1", kind = "CSINode", plural = "csinodes", namespaced = false },
+  def { group = "storage.k8s.io", version = "v1", kind = "CSIStorageCapacity", plural = "csistoragecapacities", namespaced = true },
+  def { group = "storage.k8s.io", version = "v1", kind = "VolumeAttachment", plural = "volumeattachments", namespaced = false, subresources = { "status" } },
+}
+
+-- The client's types that a minor version does not serve (SelfSubjectReview went GA in 1.28).
+local RANGES = {
+  ["selfsubjectreviews.authentication.k8s.io/v1"] = { min = 28 },
+}
+
+M.list = {}
+for _, t in ipairs(require("vq.kube.types").list) do M.list[#M.list + 1] = t end
+for _, t in ipairs(EXTRA) do M.list[#M.list + 1] = t end
 
 M.by_key, M.by_gv = {}, {}
 for _, t in ipairs(M.list) do
-  M.by_key[t.key] = t
+  -- a type served as two versions (flowcontrol v1beta3, v1) is stored once, by its first
+  M.by_key[t.key] = M.by_key[t.key] or t
   local gv = t.api_version
   M.by_gv[gv] = M.by_gv[gv] or {}
   M.by_gv[gv][t.plural] = t
 end
 
---- Groups in the order the real apiserver lists them (preferred version first).
-function M.groups()
-  local seen, out = {}, {}
+--- True when the server of that minor version serves t.
+function M.served(t, minor)
+  local r = RANGES[t.key .. "/" .. t.version] or {}
+  local min, max = t.min_minor or r.min, t.max_minor or r.max
+  return (not min or minor >= min) and (not max or minor <= max)
+end
+
+--- Groups in the order the real apiserver lists them, each with the versions a server of
+--- that minor version serves (the preferred first).
+function M.groups(minor)
+  local by_name, out = {}, {}
   for _, t in ipairs(M.list) do
-    if t.group ~= "" and not seen[t.group] then
-      seen[t.group] = true
-      out[#out + 1] = { name = t.group, version = t.version }
+    if t.group ~= "" and (not minor or M.served(t, minor)) then
+      local g = by_name[t.group]
+      if not g then
+        g = { name = t.group, version = t.version, versions = {} }
+        by_name[t.group] = g
+        out[#out + 1] = g
+      end
+      local have = false
+      for _, v in ipairs(g.versions) do have = have or v == t.version end
+      if not have then g.versions[#g.versions + 1] = t.version end
     end
   end
   return out

@@ -189,11 +189,15 @@ function Worker:build_status(pod)
   local completed = phase == "Succeeded" or phase == "Failed"
   st.phase = phase
   st.hostIP, st.podIP, st.startTime = self.host_ip, self.pod_ip, self.start_time
-  st.hostIPs = self.host_ip and array { { ip = self.host_ip } } or nil
+  -- hostIPs and PodReadyToStartContainers came on by default in 1.29 (PodHostIPs, beta)
+  local minor = self.sim:minor()
+  st.hostIPs = minor >= 29 and self.host_ip and array { { ip = self.host_ip } } or nil
   st.podIPs = self.pod_ip and array { { ip = self.pod_ip } } or nil
   st.qosClass = qos_class(pod.spec)
   local ready, cready = self:readiness_conditions(completed)
-  R.set_condition(st, condition("PodReadyToStartContainers", self.sandbox and not completed and "True" or "False"), now)
+  if minor >= 29 then
+    R.set_condition(st, condition("PodReadyToStartContainers", self.sandbox and not completed and "True" or "False"), now)
+  end
   R.set_condition(st, self:initialized_condition(completed), now)
   R.set_condition(st, ready, now)
   R.set_condition(st, cready, now)
