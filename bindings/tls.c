@@ -10,6 +10,7 @@
  *   key_matches(key, cert) -> bool
  *   fetch_chain{host=, port=, sni=, timeout=} -> {certs=, protocol=, cipher=, address=} | nil, err
  *   base64_decode(text) -> bytes | nil, err
+ *   random_bytes(n) -> bytes | nil, err                      from OpenSSL's CSPRNG
  *
  * A cert is a plain table (subject, issuer, sans, serial, dates, fingerprint, key, pem, ...):
  * certificates are public. A key is a userdata that never shows its material.
@@ -30,6 +31,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -1332,6 +1334,24 @@ static int l_base64_decode(lua_State *L) {
   return 1;
 }
 
+/* ---- random bytes, for passwords ---- */
+
+#define MAX_RANDOM_BYTES (1 << 20)
+
+/* random_bytes(n) -> bytes | nil, err */
+static int l_random_bytes(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0 && n <= MAX_RANDOM_BYTES, 1, "out of range");
+  luaL_Buffer b;
+  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, (size_t)n);
+  if (n > 0 && RAND_bytes(out, (int)n) != 1) {
+    ERR_clear_error();
+    return vq_push_error(L, "tls", "OpenSSL's random generator failed");
+  }
+  luaL_pushresultsize(&b, (size_t)n);
+  return 1;
+}
+
 /* ---- the module ---- */
 
 static int key_index(lua_State *L) {
@@ -1354,7 +1374,8 @@ static const luaL_Reg key_methods[] = {
 static const luaL_Reg tls_functions[] = {
   {"load_certs", l_load_certs}, {"load_key", l_load_key}, {"verify", l_verify},
   {"issued_by", l_issued_by}, {"check_host", l_check_host}, {"key_matches", l_key_matches},
-  {"fetch_chain", l_fetch_chain}, {"base64_decode", l_base64_decode}, {NULL, NULL}};
+  {"fetch_chain", l_fetch_chain}, {"base64_decode", l_base64_decode},
+  {"random_bytes", l_random_bytes}, {NULL, NULL}};
 
 int luaopen_vq_core_tls(lua_State *L) {
   if (luaL_newmetatable(L, GUARD_MT)) {

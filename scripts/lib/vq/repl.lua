@@ -137,7 +137,14 @@ local function format_table(t, ctx, depth, indent)
   return layout(open, parts, more, indent, ctx.width)
 end
 
+-- A value vq.secrets loaded: its length only, whatever its own methods would say.
+local function format_secret(v)
+  local ok, n = pcall(metafield(v, "__len") or rawlen, v)
+  return ("<redacted: %s bytes>"):format(ok and math.type(n) and n or "?")
+end
+
 function format_value(v, ctx, depth, indent)
+  if metafield(v, "__name") == "vq.secret" then return format_secret(v) end
   local tv = type(v)
   if tv == "string" then return quote(v, depth > 0 and ctx.string or nil) end
   if tv == "table" then return format_table(v, ctx, depth, indent) end
