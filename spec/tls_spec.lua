@@ -637,3 +637,14 @@ describe("tls.fetch_chain", function()
     end
   end)
 end)
+
+describe("a certificate whose dates cannot be read (a fuzzer finding)", function()
+  it("is a problem in the report, not an error", function()
+    local tls = require "vq.tls"
+    local chain = tls.load_chain("spec/fixtures/tls/bad-dates.pem")
+    if not chain then pending("OpenSSL refuses the file outright here") return end
+    local report = tls.check_chain(chain, { at = os.time() })
+    assert.is_false(report.ok)
+    assert.matches("validity dates that cannot be read", table.concat(report.problems, "\n"))
+  end)
+end)

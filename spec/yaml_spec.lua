@@ -706,3 +706,12 @@ describe("edits keep the file's bytes", function()
     assert_error("yaml", yaml.edit("\255\254a\0:\0 \0b\0\n\0", "a", "c"))
   end)
 end)
+
+describe("yaml.edit with false (a fuzzer finding)", function()
+  it("writes false like any other value", function()
+    local yaml = require "yaml"
+    local out = assert(yaml.edit("a: true\nb: 1\n", "a", false))
+    assert.are.equal("a: false\nb: 1\n", out)
+    assert.is_false(yaml.decode(out).a)
+  end)
+end)

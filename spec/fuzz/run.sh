@@ -10,6 +10,7 @@ for fuzzer in "$BUILD"/*_fuzz; do
   case $name in
     kubeconfig) cp "$top"/spec/fixtures/kubeconfig/*.yaml "$corpus"/ ;;
     yaml*) cp "$top"/spec/fixtures/yaml/*.yaml "$corpus"/ 2>/dev/null || true ;;
+    properties) cp "$top"/spec/fixtures/tools/targetCluster/cluster.properties "$corpus"/ ;;
     pem*) cp "$top"/spec/fixtures/tls/* "$corpus"/ 2>/dev/null || true ;;
   esac
   echo "== $name for ${SECONDS_EACH}s"

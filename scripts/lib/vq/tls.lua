@@ -220,6 +220,13 @@ local function check_trust(certs, opts, report, leaf)
 end
 
 local function note_expiry(certs, leaf, at, report)
+  for i, c in ipairs(certs) do
+    if not c.not_after or not c.not_before then
+      -- a certificate OpenSSL parsed but whose dates it could not read: say so, judge nothing
+      add(report.problems, ("%s has validity dates that cannot be read"):format(label(c, i)))
+      return
+    end
+  end
   report.days_left = whole_days(leaf.not_after - at)
   local warn = report.warn_days or tls.WARN_DAYS
   if report.days_left >= 0 and report.days_left < warn and leaf.not_before <= at then

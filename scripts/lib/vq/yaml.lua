@@ -207,7 +207,9 @@ end
 -- A value as it reads back once written: what the edited file must hold.
 local function normalized(value, ctx)
   local text = assert(core.encode(value, encode_options()))
-  return assert(core.decode(text, ctx.dopts))
+  local decoded, err = core.decode(text, ctx.dopts)
+  if decoded == nil then error(err, 2) end -- false is a value, not a failure
+  return decoded
 end
 
 -- ---- the text: lines, splices ----
