@@ -649,7 +649,9 @@ static http_client *client_of(lua_State *L) {
   curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
   curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
   curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
-  curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 32L);
+  /* No per-host cap: over HTTP/1.1 every followed log or watch holds a connection for as
+   * long as it runs, and a cap would starve the streams queued behind them. Callers that
+   * want a limit queue their own work (k:follow's concurrency). */
   ud = lua_newuserdatauv(L, sizeof *ud, 0);
   *ud = c;
   c->owner = ud;

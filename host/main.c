@@ -4,6 +4,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sys/resource.h>
+
 #include <cJSON.h>
 #include <lauxlib.h>
 #include <yaml.h>
@@ -188,8 +190,19 @@ static int run(vq_runtime *rt, cli *c, int argc, char **argv) {
   return vq_repl_run(rt);
 }
 
+/* A runbook following a thousand containers holds a thousand sockets: take the hard
+ * limit on open files rather than the 1024 a login shell usually leaves. */
+static void raise_open_files_limit(void) {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+    r.rlim_cur = r.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &r);
+  }
+}
+
 int main(int argc, char **argv) {
   cli c = {0};
+  raise_open_files_limit();
   c.options.argv0 = argv[0];
   c.actions = calloc((size_t)argc, sizeof *c.actions);
   c.scenarios = calloc((size_t)argc, sizeof *c.scenarios);

@@ -89,6 +89,25 @@ describe("k:logs", function()
 end)
 
 describe("k:follow", function()
+  it("follows more pods than any per-host connection cap would allow", function()
+    local n = 40
+    for i = 1, n do
+      pod(("many-%02d"):format(i), { app = "many" })
+      writer(("many-%02d"):format(i), "app", 1, 5)
+    end
+    local f = k:follow { selector = "app=many" }
+    local got = 0
+    local _, err = vq.timeout(10, function()
+      for _ in f:lines() do
+        got = got + 1
+        if got == n * 5 then break end
+      end
+    end)
+    f:stop()
+    assert.is_nil(err)
+    assert.are.equal(n * 5, got)
+  end)
+
   it("follows every matching pod, picks up a late one, and prefixes lines", function()
     for i = 1, 3 do pod("web-" .. i, { app = "web" }) end
     pod("other", { app = "other" })
