@@ -59,18 +59,44 @@ function Sim:delete(key, obj, opts)
   return self.api:remove(resources.by_key[key], obj, opts)
 end
 
+-- A scenario's broken pod never becomes ready: it is settled once it fails steadily.
+local STEADY_FAILURES = { CrashLoopBackOff = true, ImagePullBackOff = true, ErrImagePull = true,
+                          CreateContainerConfigError = true, InvalidImageName = true }
+
+local function steadily_failing(pod)
+  for _, list in ipairs { pod.status and pod.status.containerStatuses or {}, pod.status and pod.status.initContainerStatuses or {} } do
+    for _, c in ipairs(list) do
+      local w = c.state and c.state.waiting
+      if w and STEADY_FAILURES[w.reason] then return true end
+    end
+  end
+  for _, c in ipairs(pod.status and pod.status.conditions or {}) do
+    if c.type == "PodScheduled" and c.status == "False" then return true end
+  end
+  return false
+end
+
 local function pod_settled(pod)
   if pod.status and (pod.status.phase == "Succeeded" or pod.status.phase == "Failed") then return true end
+  if steadily_failing(pod) then return true end
   for _, c in ipairs(pod.status and pod.status.conditions or {}) do
     if c.type == "Ready" then return c.status == "True" end
   end
   return false
 end
 
-local function workload_settled(obj)
+local function workload_settled(self, obj)
   local want, st = (obj.spec or {}).replicas, obj.status or {}
   if want == nil then return true end
-  return (st.readyReplicas or 0) == want and (st.observedGeneration or 0) >= (obj.metadata.generation or 0)
+  if (st.observedGeneration or 0) < (obj.metadata.generation or 0) then return false end
+  if (st.readyReplicas or 0) == want then return true end
+  -- held back by a pod of its own that fails steadily (an OrderedReady set stops there)
+  for _, pod in ipairs(self:list("pods", obj.metadata.namespace)) do
+    if pod.metadata.name:sub(1, #obj.metadata.name + 1) == obj.metadata.name .. "-" and steadily_failing(pod) then
+      return true
+    end
+  end
+  return false
 end
 
 --- True when every pod is ready or finished and every workload has its replicas ready:
@@ -81,7 +107,7 @@ function Sim:settled()
   end
   for _, key in ipairs { "statefulsets.apps", "deployments.apps" } do
     for _, obj in ipairs(self:list(key)) do
-      if not workload_settled(obj) then return false end
+      if not workload_settled(self, obj) then return false end
     end
   end
   return true
