@@ -466,7 +466,10 @@ describe("fault", function()
       headers = { Authorization = "Bearer " .. s.token } })
     assert.equal(200, head.status)
     local lines = {}
-    for l in http.lines(head.stream) do lines[#lines + 1] = l end
+    -- bounded: a fault that did not apply would leave the watch open forever
+    local _, err = vq.timeout(15, function() for l in http.lines(head.stream) do lines[#lines + 1] = l end end)
+    head.stream:close()
+    assert.is_nil(err)
     assert.equal(1, #lines)
     local ev = json.decode(lines[1])
     assert.equal("ERROR", ev.type)
@@ -480,7 +483,9 @@ describe("fault", function()
       headers = { Authorization = "Bearer " .. s.token } })
     local lines = {}
     local iter, state = http.lines(head.stream)
-    for l in iter do lines[#lines + 1] = l end
+    local _, err = vq.timeout(15, function() for l in iter do lines[#lines + 1] = l end end)
+    head.stream:close()
+    assert.is_nil(err)
     assert.equal(2, #lines)
     assert.is_not_nil(state.err)
     -- a plain request under a drop fault loses its connection
