@@ -14,9 +14,7 @@ all: $(BUILD)/Makefile
 $(BUILD)/Makefile:
 	cmake -S . -B $(BUILD)
 
-# A spec that hangs (a timing-dependent wait between an in-process simulator and its
-# client, seen only under load) is run once more before it counts as failed.
-CTEST_FLAGS ?= --output-on-failure --repeat until-pass:2
+CTEST_FLAGS ?= --output-on-failure
 
 test: all
 	cd $(BUILD) && ctest $(CTEST_FLAGS) -j $(JOBS)
