@@ -179,6 +179,16 @@ function vq.queue(capacity)
   return q
 end
 
+-- task:wait([timeout]): the join is C; the bound is vq.timeout around it.
+do
+  local task_methods = debug.getregistry()["vq.task"].__index
+  local join = task_methods.wait
+  function task_methods.wait(task, seconds)
+    if seconds then return vq.timeout(seconds, join, task) end
+    return join(task)
+  end
+end
+
 --- The command line's switches: dry_run, rehearse.
 vq.options = core.options()
 
