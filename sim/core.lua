@@ -526,6 +526,17 @@ function M.install(sim)
     collect(sim, t, obj, policy)
     if sim.after_delete then sim.after_delete(t, obj) end
   end
+  -- the root CA publisher: every namespace gets the kube-root-ca.crt ConfigMap
+  sim.store:on_change(function(ev)
+    if ev.key ~= "namespaces" or ev.type ~= "ADDED" then return end
+    local ns = ev.object.metadata.name
+    sim:spawn(function()
+      if sim.store:get("configmaps", ns, "kube-root-ca.crt") then return end
+      sim:create("configmaps", { metadata = { name = "kube-root-ca.crt", namespace = ns,
+        annotations = { ["kubernetes.io/description"] = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters." } },
+        data = { ["ca.crt"] = sim.world_info and sim.world_info.ca_pem or "" } })
+    end)
+  end)
   -- namespaces exist before anything is created in them
   for _, ns in ipairs { "default", "kube-system", "kube-public", "kube-node-lease" } do
     sim:create("namespaces", { metadata = { name = ns } })
