@@ -12,12 +12,7 @@ local run = require("spec.support.run").run
 local MODULES = { "sim.auth", "sim.core", "sim.logs", "sim.exec" }
 local NS = "default"
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  os.execute("mkdir -p '" .. p .. "'")
-  return p
-end
+local tmpdir = require("spec.support.run").tmpdir
 
 local function cluster(version)
   local c = { home = tmpdir() }

@@ -11,12 +11,7 @@ local sim_mod = require "sim"
 local NS = "vantiq"
 local LOG_POD = "fidelity-logs"
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  os.execute("mkdir -p '" .. p .. "'")
-  return p
-end
+local tmpdir = require("spec.support.run").tmpdir
 
 local function write_file(path, text)
   local f = assert(io.open(path, "w"))

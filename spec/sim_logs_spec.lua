@@ -8,12 +8,7 @@ local run = require("spec.support.run").run
 local MODULES = { "sim.auth", "sim.core", "sim.logs", "sim.exec" }
 local NS = "default"
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  os.execute("mkdir -p '" .. p .. "'")
-  return p
-end
+local tmpdir = require("spec.support.run").tmpdir
 
 -- A cluster of its own: a simulator of that version, a kubeconfig and a HOME for kubectl.
 local function cluster(version)

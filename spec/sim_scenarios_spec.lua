@@ -15,12 +15,7 @@ local HAS_CONTROLLERS = package.searchpath("sim.controllers", package.path) ~= n
 
 -- ---- helpers ----
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir -p '" .. p .. "'"))
-  return p
-end
+local tmpdir = require("spec.support.run").tmpdir
 
 local function rmdir(p) os.execute("rm -rf '" .. p .. "'") end
 

@@ -55,12 +55,7 @@ subjects:
 
 -- ---- helpers ----
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir -p '" .. p .. "'"))
-  return p
-end
+local tmpdir = require("spec.support.run").tmpdir
 
 local function rmdir(p) os.execute("rm -rf '" .. p .. "'") end
 

@@ -7,6 +7,11 @@ local M = {}
 
 M.vqlua = os.getenv("VQLUA") or "build/vqlua"
 
+--- A new empty folder of the spec's own (mkdtemp: no race, mode 0700).
+function M.tmpdir()
+  return assert(uv.fs_mkdtemp((os.getenv("TMPDIR") or "/tmp") .. "/vqspec-XXXXXX"))
+end
+
 --- run{cmd, args..., stdin =, env =, timeout =, on_stdout = function(chunk, proc)}
 --- → {status =, signal =, stdout =, stderr =}
 function M.run(spec)
