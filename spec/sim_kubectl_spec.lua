@@ -123,47 +123,7 @@ end
 
 -- ---- the guide's manifests ----
 
-local TELEGRAF_RBAC = [[
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: influx:cluster:viewer
-  labels:
-    rbac.authorization.k8s.io/aggregate-view-telegraf: "true"
-rules:
-  - apiGroups: [""]
-    resources: ["persistentvolumes", "nodes"]
-    verbs: ["get", "list"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: influx:telegraf
-aggregationRule:
-  clusterRoleSelectors:
-    - matchLabels:
-        rbac.authorization.k8s.io/aggregate-view-telegraf: "true"
-    - matchLabels:
-        rbac.authorization.k8s.io/aggregate-to-view: "true"
-rules: [] # Rules are automatically filled in by the controller manager.
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: influx:telegraf:viewer
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: influx:telegraf
-subjects:
-  - kind: ServiceAccount
-    name: telegraf-ds
-    namespace: shared
-  - kind: ServiceAccount
-    name: telegraf-prom
-    namespace: shared
-]]
+local TELEGRAF_RBAC = assert(io.open("scripts/doctor/telegraf-rbac.yaml")):read("a")
 
 local LOG_POD_MANIFEST = ([[
 apiVersion: v1

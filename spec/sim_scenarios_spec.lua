@@ -93,46 +93,8 @@ local function log_has(s, args, text)
   return (kubectl(s, args, { may_fail = true })):find(text, 1, true) ~= nil
 end
 
-local TELEGRAF_MANIFEST = [[
-kind: ClusterRole
-apiVersion: rbac.authorization.k8s.io/v1
-metadata:
-  name: influx:cluster:viewer
-  labels:
-    rbac.authorization.k8s.io/aggregate-view-telegraf: "true"
-rules:
-  - apiGroups: [""]
-    resources: ["persistentvolumes", "nodes"]
-    verbs: ["get", "list"]
----
-kind: ClusterRole
-apiVersion: rbac.authorization.k8s.io/v1
-metadata:
-  name: influx:telegraf
-aggregationRule:
-  clusterRoleSelectors:
-    - matchLabels:
-        rbac.authorization.k8s.io/aggregate-view-telegraf: "true"
-    - matchLabels:
-        rbac.authorization.k8s.io/aggregate-to-view: "true"
-rules: []
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: influx:telegraf:viewer
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: influx:telegraf
-subjects:
-- kind: ServiceAccount
-  name: telegraf-ds
-  namespace: shared
-- kind: ServiceAccount
-  name: telegraf-prom
-  namespace: shared
-]]
+-- the guide's manifest, as the doctor applies it
+local TELEGRAF_MANIFEST = assert(io.open("scripts/doctor/telegraf-rbac.yaml")):read("a")
 
 -- A container context without a kubelet: the program's log lines and its exit.
 local function run_program(s, name, fields)

@@ -10,48 +10,8 @@ local run = require "spec.support.run"
 local SPEED = 0.02
 local HAS_CONTROLLERS = package.searchpath("sim.controllers", package.path) ~= nil
 
-local TELEGRAF_MANIFEST = [[
-kind: ClusterRole
-apiVersion: rbac.authorization.k8s.io/v1
-metadata:
-  name: influx:cluster:viewer
-  labels:
-    rbac.authorization.k8s.io/aggregate-view-telegraf: "true"
-rules:
-  - apiGroups: [""]
-    resources: ["persistentvolumes", "nodes"]
-    verbs: ["get", "list"]
-
----
-kind: ClusterRole
-apiVersion: rbac.authorization.k8s.io/v1
-metadata:
-  name: influx:telegraf
-aggregationRule:
-  clusterRoleSelectors:
-    - matchLabels:
-        rbac.authorization.k8s.io/aggregate-view-telegraf: "true"
-    - matchLabels:
-        rbac.authorization.k8s.io/aggregate-to-view: "true"
-rules: [] # Rules are automatically filled in by the controller manager.
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-
-  name: influx:telegraf:viewer
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: influx:telegraf
-subjects:
-- kind: ServiceAccount
-  name: telegraf-ds
-  namespace: shared
-- kind: ServiceAccount
-  name: telegraf-prom
-  namespace: shared
-]]
+-- the guide's manifest, as the doctor applies it
+local TELEGRAF_MANIFEST = assert(io.open("scripts/doctor/telegraf-rbac.yaml")):read("a")
 
 -- ---- helpers ----
 
