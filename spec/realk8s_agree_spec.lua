@@ -71,6 +71,10 @@ describe("the simulator against a real kube-apiserver 1.26", function()
   end)
 
   both("a list page carries the same metadata", function(k)
+    -- the root CA publisher adds kube-root-ca.crt shortly after a namespace appears, on
+    -- both: wait for it so that the pages count the same objects
+    assert(k:wait_for("configmaps", "kube-root-ca.crt", function(o) return o ~= nil end,
+      { namespace = NS, timeout = 30, allow_missing = true }))
     for i = 1, 3 do assert(k:create(cm("page-" .. i))) end
     return k:request { path = ("/api/v1/namespaces/%s/configmaps"):format(NS), query = { limit = 2 } }
   end, function(a, b)
