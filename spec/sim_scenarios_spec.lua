@@ -15,23 +15,16 @@ local HAS_CONTROLLERS = package.searchpath("sim.controllers", package.path) ~= n
 
 -- ---- helpers ----
 
-local tmpdir = require("spec.support.run").tmpdir
 
-local function rmdir(p) os.execute("rm -rf '" .. p .. "'") end
 
--- Stop the simulator and remove kubectl's home with it.
-local function finish(s)
-  s:stop()
-  rmdir(s.spec_home)
-end
+
+local cluster = require "spec.support.cluster"
+local finish, kubectl, eventually, ready = cluster.finish, cluster.kubectl, cluster.eventually, cluster.ready
 
 local function start(opts)
   opts.speed = opts.speed or SPEED
   opts.world = opts.world or "development"
-  local s = sim_mod.start(opts)
-  s.spec_home = tmpdir()
-  s.spec_kubeconfig = s:write_kubeconfig(s.spec_home .. "/kubeconfig")
-  return s
+  return cluster.start(opts)
 end
 
 local function with_sim(opts, fn)
@@ -41,35 +34,8 @@ local function with_sim(opts, fn)
   if not ok then error(err, 0) end
 end
 
-local function kubectl(s, args, opts)
-  local cmd = { "kubectl", "--kubeconfig", s.spec_kubeconfig, "--request-timeout=20s" }
-  for _, a in ipairs(args) do cmd[#cmd + 1] = a end
-  cmd.env = { HOME = s.spec_home, KUBECACHEDIR = s.spec_home .. "/cache" }
-  cmd.stdin = opts and opts.stdin
-  cmd.timeout = 60
-  local r = run.run(cmd)
-  if not (opts and opts.may_fail) then
-    assert(r.status == 0, ("kubectl %s exited %s: %s%s"):format(table.concat(args, " "), tostring(r.status), r.stdout, r.stderr))
-  end
-  return r.stdout, r
-end
 
-local function eventually(fn, seconds, what)
-  local deadline = vq.now() + (seconds or 30)
-  while true do
-    local v = fn()
-    if v then return v end
-    if vq.now() > deadline then error("timed out waiting for " .. (what or "a condition"), 2) end
-    vq.sleep(0.05)
-  end
-end
 
-local function ready(p)
-  for _, c in ipairs(p and p.status and p.status.conditions or {}) do
-    if c.type == "Ready" then return c.status == "True" end
-  end
-  return false
-end
 
 local function waiting_reason(p, init)
   local list = p and p.status and p.status[init and "initContainerStatuses" or "containerStatuses"] or {}

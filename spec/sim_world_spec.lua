@@ -16,51 +16,23 @@ local TELEGRAF_MANIFEST = assert(io.open("scripts/doctor/telegraf-rbac.yaml")):r
 -- ---- helpers ----
 
 local tmpdir = require("spec.support.run").tmpdir
-
 local function rmdir(p) os.execute("rm -rf '" .. p .. "'") end
 
--- Stop the simulator and remove kubectl's home with it.
-local function finish(s)
-  s:stop()
-  rmdir(s.spec_home)
-end
+
+
+local cluster = require "spec.support.cluster"
+local finish, eventually, ready = cluster.finish, cluster.eventually, cluster.ready
+
+-- kubectl here must succeed: stdout only
+local function kubectl(s, args, opts) return (cluster.kubectl(s, args, opts)) end
 
 local function start(opts)
   opts.speed = opts.speed or SPEED
-  local s = sim_mod.start(opts)
-  local home = tmpdir()
-  s.spec_home = home
-  s.spec_kubeconfig = s:write_kubeconfig(home .. "/kubeconfig")
-  return s
+  return cluster.start(opts)
 end
 
-local function kubectl(s, args, opts)
-  local cmd = { "kubectl", "--kubeconfig", s.spec_kubeconfig, "--request-timeout=20s" }
-  for _, a in ipairs(args) do cmd[#cmd + 1] = a end
-  cmd.env = { HOME = s.spec_home, KUBECACHEDIR = s.spec_home .. "/cache" }
-  cmd.stdin = opts and opts.stdin
-  cmd.timeout = 60
-  local r = run.run(cmd)
-  assert(r.status == 0, ("kubectl %s exited %s: %s%s"):format(table.concat(args, " "), tostring(r.status), r.stdout, r.stderr))
-  return r.stdout
-end
 
-local function eventually(fn, seconds, what)
-  local deadline = vq.now() + (seconds or 30)
-  while true do
-    local v = fn()
-    if v then return v end
-    if vq.now() > deadline then error("timed out waiting for " .. (what or "a condition"), 2) end
-    vq.sleep(0.05)
-  end
-end
 
-local function ready(p)
-  for _, c in ipairs(p.status and p.status.conditions or {}) do
-    if c.type == "Ready" then return c.status == "True" end
-  end
-  return false
-end
 
 -- Every pod Running and Ready (Job pods Succeeded), and as many as the workloads want.
 local function all_ready(s)
