@@ -104,21 +104,7 @@ local function read_file(path)
   return s
 end
 
-local function rm_rf(path)
-  local st = uv.fs_lstat(path)
-  if not st then return end
-  if st.type == "directory" then
-    local req = uv.fs_scandir(path)
-    while req do
-      local name = uv.fs_scandir_next(req)
-      if not name then break end
-      rm_rf(path .. "/" .. name)
-    end
-    uv.fs_rmdir(path)
-  else
-    uv.fs_unlink(path)
-  end
-end
+local rm_rf = require("sim.util").remove_tree
 
 -- Remove the directories of edges whose simulator died without stopping (killed by a
 -- signal): the owner's pid is gone, or it never wrote one and is old.

@@ -149,6 +149,26 @@ function M.uuid()
     table.concat(h, "", 7, 8) .. "-" .. table.concat(h, "", 9, 10) .. "-" .. table.concat(h, "", 11, 16)
 end
 
+-- ---- files ----
+
+--- Remove a file or a folder and everything in it (links are removed, not followed).
+function M.remove_tree(path)
+  local uv = require "luv"
+  local st = uv.fs_lstat(path)
+  if not st then return end
+  if st.type == "directory" then
+    local req = uv.fs_scandir(path)
+    while req do
+      local name = uv.fs_scandir_next(req)
+      if not name then break end
+      M.remove_tree(path .. "/" .. name)
+    end
+    uv.fs_rmdir(path)
+  else
+    uv.fs_unlink(path)
+  end
+end
+
 -- ---- shared with the client: base64 and times ----
 
 local base64 = require "vq.base64"

@@ -35,21 +35,7 @@ local function write_file(path, text)
   f:close()
 end
 
-local function remove_tree(path)
-  local stat = uv.fs_lstat(path)
-  if not stat then return end
-  if stat.type == "directory" then
-    local dir = uv.fs_scandir(path)
-    while dir do
-      local name = uv.fs_scandir_next(dir)
-      if not name then break end
-      remove_tree(path .. "/" .. name)
-    end
-    uv.fs_rmdir(path)
-  else
-    uv.fs_unlink(path)
-  end
-end
+local remove_tree = require("sim.util").remove_tree
 
 -- nginx would expand variables in a string: a spec's paths and bodies have no "$".
 local function nginx_string(s)
