@@ -11,25 +11,8 @@ local function read(path)
   return text
 end
 
--- Physical lines, each with its line ending, so that a diff sees a changed ending too.
-local function lines_of(text)
-  local out = {}
-  for line in text:gmatch("[^\n]*\n?") do
-    if line ~= "" then out[#out + 1] = line end
-  end
-  return out
-end
-
--- The line numbers that differ between two texts of the same number of lines.
-local function changed_lines(a, b)
-  local la, lb = lines_of(a), lines_of(b)
-  assert.are.equal(#la, #lb, "the edit added or removed lines")
-  local changed = {}
-  for i = 1, #la do
-    if la[i] ~= lb[i] then changed[#changed + 1] = i end
-  end
-  return changed, lb
-end
+local text_diff = require "spec.support.text"
+local lines_of, changed_lines = text_diff.lines_of, text_diff.changed_lines
 
 local function parse(text)
   local map, entries = props.parse(text)

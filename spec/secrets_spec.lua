@@ -62,24 +62,8 @@ teardown(function()
   for _, d in ipairs(temps) do os.execute("rm -rf " .. d) end
 end)
 
-local function lines_of(text)
-  local out = {}
-  for line in text:gmatch("[^\n]*\n?") do
-    if line ~= "" then out[#out + 1] = line end
-  end
-  return out
-end
-
--- Line numbers where two texts of the same length in lines differ.
-local function diff(a, b)
-  local la, lb = lines_of(a), lines_of(b)
-  assert.are.equal(#la, #lb, "the edit added or removed lines")
-  local changed = {}
-  for i = 1, #la do
-    if la[i] ~= lb[i] then changed[#changed + 1] = i end
-  end
-  return changed, lb
-end
+local text_diff = require "spec.support.text"
+local diff = text_diff.changed_lines
 
 local function dir_names(dir)
   local names = {}
