@@ -63,7 +63,7 @@ teardown(function()
 end)
 
 local text_diff = require "spec.support.text"
-local diff = text_diff.changed_lines
+local lines_of, diff = text_diff.lines_of, text_diff.changed_lines
 
 local function dir_names(dir)
   local names = {}
