@@ -387,6 +387,20 @@ local function check_not_shared(ctx, m)
   return true
 end
 
+-- The document and the node at path that an edit changes (not one an alias reuses), or
+-- nil, err.
+local function target(text, path, opts, op)
+  local ctx, err = open(text, opts, op)
+  if not ctx then return nil, err end
+  local m
+  m, err = locate(ctx, path)
+  if not m then return nil, err end
+  local ok
+  ok, err = check_not_shared(ctx, m)
+  if not ok then return nil, err end
+  return ctx, m
+end
+
 local function is_null_scalar(ctx, node)
   return node.kind == "scalar" and node.style == "plain" and not node.tag
       and core.resolve(node.value, ctx.dopts.schema) == null
@@ -532,14 +546,9 @@ end
 --- scalar, a mapping or a sequence needs {replace = true}. Returns the new text, or nil, err.
 function yaml.edit(text, path, value, opts)
   if value == nil then error("yaml.edit: the value is nil (yaml.null writes null)", 2) end
-  local ctx, err = open(text, opts, "edit")
-  if not ctx then return nil, err end
-  local m
-  m, err = locate(ctx, path)
-  if not m then return nil, err end
-  local ok
-  ok, err = check_not_shared(ctx, m)
-  if not ok then return nil, err end
+  local ctx, m = target(text, path, opts, "edit")
+  if not ctx then return nil, m end
+  local err
   local node = m.node
   local block = (node.kind == "mapping" or node.kind == "sequence") and node.kind
       or (node.kind == "scalar" and (node.style == "literal" or node.style == "folded") and "block scalar")
@@ -648,14 +657,9 @@ function yaml.insert(text, path, key, value, opts)
   assert(type(key) == "string" or math.type(key) == "integer", "yaml.insert: the key must be a string")
   if value == nil then error("yaml.insert: the value is nil (yaml.null writes null)", 2) end
   key = tostring(key)
-  local ctx, err = open(text, opts, "insert")
-  if not ctx then return nil, err end
-  local m
-  m, err = locate(ctx, path)
-  if not m then return nil, err end
-  local ok
-  ok, err = check_not_shared(ctx, m)
-  if not ok then return nil, err end
+  local ctx, m = target(text, path, opts, "insert")
+  if not ctx then return nil, m end
+  local err
   local node, current = m.node, decoded_at(ctx, m)
   if type(current) == "table" and current[key] ~= nil then
     return fail(ctx.opts, "exists", "%s already has %s", m.path, key)
@@ -684,14 +688,9 @@ end
 --- Add value at the end of the sequence at path (a null value there becomes a sequence).
 function yaml.append(text, path, value, opts)
   if value == nil then error("yaml.append: the value is nil (yaml.null writes null)", 2) end
-  local ctx, err = open(text, opts, "append")
-  if not ctx then return nil, err end
-  local m
-  m, err = locate(ctx, path)
-  if not m then return nil, err end
-  local ok
-  ok, err = check_not_shared(ctx, m)
-  if not ok then return nil, err end
+  local ctx, m = target(text, path, opts, "append")
+  if not ctx then return nil, m end
+  local err
   local node, item = m.node, yaml.sequence({ value })
   local new_text
   if node.kind == "sequence" and node.flow then
@@ -810,14 +809,9 @@ end
 --- Remove the key (or sequence item) at path with its nested block, and nothing else: the
 --- comments above it stay. A collection left empty becomes {} or [].
 function yaml.delete(text, path, opts)
-  local ctx, err = open(text, opts, "delete")
-  if not ctx then return nil, err end
-  local m
-  m, err = locate(ctx, path)
-  if not m then return nil, err end
-  local ok
-  ok, err = check_not_shared(ctx, m)
-  if not ok then return nil, err end
+  local ctx, m = target(text, path, opts, "delete")
+  if not ctx then return nil, m end
+  local err
   local st = m.trail[#m.trail]
   if not st then return fail(ctx.opts, "unsupported", "cannot delete the whole document") end
   local parent = st.parent
