@@ -108,6 +108,30 @@ static void add_sim_root(luaL_Buffer *b) {
   }
 }
 
+/* libcurl links librtmp, which links GnuTLS, whose constructor initialises GnuTLS and
+ * p11-kit's modules on load (~0.7 MB and a few files) although nothing here uses it.
+ * Plugins load with GnuTLS's documented opt-out set, and only while they load, so child
+ * processes never see it. */
+static int load_plugin(lua_State *L) {
+  int set = getenv("GNUTLS_NO_IMPLICIT_INIT") == NULL;
+  if (set) setenv("GNUTLS_NO_IMPLICIT_INIT", "1", 0);
+  int top = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  int status = lua_pcall(L, top, LUA_MULTRET, 0);
+  if (set) unsetenv("GNUTLS_NO_IMPLICIT_INIT");
+  if (status != LUA_OK) return lua_error(L);
+  return lua_gettop(L);
+}
+
+static void wrap_c_searcher(lua_State *L) {
+  lua_getfield(L, -1, "searchers");
+  lua_rawgeti(L, -1, 3); /* Lua's searcher of C libraries along cpath */
+  lua_pushcclosure(L, load_plugin, 1);
+  lua_rawseti(L, -2, 3);
+  lua_pop(L, 1);
+}
+
 /* VQ_PATH, the embedder's folders, then scripts/lib next to the binary, the source tree
  * and the install prefix, in front of Lua's own path (so busted and friends still load). */
 static void set_package_path(vq_runtime *rt) {
@@ -133,6 +157,7 @@ static void set_package_path(vq_runtime *rt) {
   luaL_addvalue(&b);
   luaL_pushresult(&b);
   lua_setfield(L, -2, "cpath");
+  wrap_c_searcher(L);
   lua_pop(L, 1);
 }
 
