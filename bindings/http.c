@@ -66,7 +66,7 @@ struct http_req {
 
 static int buffer_append(buffer *b, const char *p, size_t n) {
   if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 4096;
+    size_t cap = b->cap ? b->cap : 1024; /* a thousand idle streams stay small */
     while (cap < b->len + n) cap *= 2;
     char *data = realloc(b->data, cap);
     if (!data) return -1;
@@ -480,6 +480,8 @@ static http_req *build_request(lua_State *L, int o, int streaming) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
     curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
   }
+  lua_Number buffer_size = opt_number(L, o, "buffer_size", 0); /* curl's receive buffer */
+  if (buffer_size > 0) curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)buffer_size);
   lua_Number timeout = opt_number(L, o, "timeout", 0);
   if (timeout > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
   lua_Number connect_timeout = opt_number(L, o, "connect_timeout", 10);
@@ -548,6 +550,7 @@ static int stream_opened(lua_State *L, int status, lua_KContext ctx) {
   lua_settop(L, ud_idx);
   stream_ud *s = lua_touserdata(L, ud_idx);
   push_response_head(L, s->req);
+  buffer_free(&s->req->head); /* handed over; a long-lived stream need not keep it */
   lua_pushvalue(L, ud_idx);
   lua_setfield(L, -2, "stream");
   return 1;

@@ -220,6 +220,18 @@ describe("http.stream", function()
     assert.are.equal("done", head.stream:status())
   end)
 
+  it("delivers every byte through a small receive buffer", function()
+    local head = assert(http.stream { url = base .. "/lines?n=5000", buffer_size = 1024 })
+    local n, last = 0, nil
+    for line in http.lines(head.stream) do n = n + 1 last = line end
+    assert.are.equal(5000, n)
+    assert.are.equal("line 5000", last)
+    local big = assert(core.stream { url = base .. "/big?bytes=" .. 1024 * 1024, buffer_size = 1024 })
+    local got = 0
+    for chunk in function() return big.stream:read() end do got = got + #chunk end
+    assert.are.equal(1024 * 1024, got)
+  end)
+
   it("keeps memory flat: a slow reader pauses a fast server", function()
     local head = assert(core.stream { url = base .. "/big?bytes=" .. 64 * 1024 * 1024, buffer = 256 * 1024 })
     local got, biggest = 0, 0
@@ -262,5 +274,14 @@ describe("http.stream", function()
     assert.are.equal("timeout", err.code)
     assert.are.equal("late", head.stream:read())
     assert.is_nil(head.stream:read())
+  end)
+end)
+
+describe("loading the plugin", function()
+  it("leaves no GnuTLS opt-out behind for child processes", function()
+    assert.is_nil(os.getenv("GNUTLS_NO_IMPLICIT_INIT"))
+    local proc = require "vq.proc"
+    local r = assert(proc.run { argv = { "sh", "-c", "echo ${GNUTLS_NO_IMPLICIT_INIT-unset}" } })
+    assert.are.equal("unset\n", r.stdout)
   end)
 end)

@@ -207,7 +207,7 @@ function Client:transport_options(o, creds)
   local base = self.tls.base or self.server
   local t = {
     method = o.method or "GET", url = base .. o.path .. query_string(o.query), headers = headers,
-    body = o.body, timeout = o.timeout or (o.stream and 0 or self.timeout), buffer = o.buffer,
+    body = o.body, timeout = o.timeout or (o.stream and 0 or self.timeout), buffer = o.buffer, buffer_size = o.buffer_size,
     retries = o.retries, limiter = self.limiter, on_retry = o.on_retry,
   }
   for k, v in pairs(self.tls) do if k ~= "base" then t[k] = v end end

@@ -305,6 +305,10 @@ return function(kube, Client)
 
   -- ---- logs ----
 
+  -- A followed stream mostly idles between lines: a 4 KB receive buffer instead of curl's 16 KB
+  -- keeps a thousand of them small, and measured no slower on a server that outpaces us.
+  local FOLLOW_BUFFER = 4096
+
   local function log_query(opts, since_time)
     return {
       container = opts.container, follow = opts.follow and "true" or nil, previous = opts.previous and "true" or nil,
@@ -329,7 +333,8 @@ return function(kube, Client)
 
     local function open()
       local head, e = self:request { path = path, query = log_query(opts, last_ts), stream = true, verb = "get",
-        resource = "pods/log", name = pod, namespace = ns, timeout = 0 }
+        resource = "pods/log", name = pod, namespace = ns, timeout = 0,
+        buffer_size = opts.buffer_size or (opts.follow and FOLLOW_BUFFER or nil) }
       if not head then return nil, e end
       stream = head.stream
       lines = http.lines(stream)
@@ -416,7 +421,7 @@ return function(kube, Client)
     local out = vq.queue(opts.buffer or 10000)
     local slots = vq.queue(opts.concurrency or 1000)
     for _ = 1, opts.concurrency or 1000 do slots:put(true) end
-    local followed, tasks, colour_of, ncolours = {}, {}, {}, 0
+    local followed, colour_of, ncolours = {}, {}, 0 -- "pod/container" -> its task
     local follower = { stopped = false }
     local grep = opts.grep
 
@@ -425,22 +430,24 @@ return function(kube, Client)
       return not pod.metadata.deletionTimestamp
     end
 
-    local function follow_container(pod, c)
-      local key = pod.metadata.name .. "/" .. c
+    -- A stream's task keeps only the names it needs, not the watched Pod object.
+    local function follow_container(name, c)
+      local key = name .. "/" .. c
       if followed[key] then return end
-      followed[key] = true
-      if not colour_of[pod.metadata.name] then
+      if not colour_of[name] then
         ncolours = ncolours + 1
-        colour_of[pod.metadata.name] = COLOURS[(ncolours - 1) % #COLOURS + 1]
+        colour_of[name] = COLOURS[(ncolours - 1) % #COLOURS + 1]
       end
-      tasks[#tasks + 1] = vq.spawn(function()
+      local colour = colour_of[name]
+      followed[key] = vq.spawn(function()
         slots:get()
-        local iter, st, _, closer = self:logs(pod.metadata.name, { namespace = ns, container = c, follow = true, since = opts.since })
+        local iter, st, _, closer = self:logs(name, { namespace = ns, container = c, follow = true, since = opts.since,
+          buffer_size = opts.buffer_size })
         local stream <close> = closer
         for text in iter do
           if not grep or text:find(grep) then
-            local item = { pod = pod.metadata.name, container = c, text = text, colour = colour_of[pod.metadata.name] }
-            if opts.on_line then opts.on_line(text, pod.metadata.name, c) else out:put(item) end
+            if opts.on_line then opts.on_line(text, name, c)
+            else out:put { pod = name, container = c, text = text, colour = colour } end
           end
           if follower.stopped then st.close() break end
         end
@@ -456,7 +463,7 @@ return function(kube, Client)
         if cs.state and (cs.state.running or cs.state.terminated) then running[cs.name] = true end
       end
       for _, c in ipairs((pod.spec or {}).containers or {}) do
-        if (not opts.container or c.name == opts.container) and running[c.name] then follow_container(pod, c.name) end
+        if (not opts.container or c.name == opts.container) and running[c.name] then follow_container(pod.metadata.name, c.name) end
       end
     end
 
@@ -474,7 +481,7 @@ return function(kube, Client)
       self.stopped = true
       if self.watch_state then self.watch_state.close() end
       watcher:cancel()
-      for _, t in ipairs(tasks) do t:cancel() end
+      for _, t in pairs(followed) do t:cancel() end
       out:close()
     end
 
