@@ -8,6 +8,7 @@ int luaopen_vq_core_json(lua_State *L);
 int luaopen_vq_core_yaml(lua_State *L);
 int luaopen_vq_core_log(lua_State *L);
 int luaopen_vq_core_proc(lua_State *L);
+int luaopen_vq_core_base64(lua_State *L);
 
 struct vq_runtime;
 /* Colour, level and run id from the runtime's options. */

@@ -11,6 +11,7 @@ static const struct { const char *name; lua_CFunction open; } core_modules[] = {
   {"vq.core.yaml", luaopen_vq_core_yaml},
   {"vq.core.log", luaopen_vq_core_log},
   {"vq.core.proc", luaopen_vq_core_proc},
+  {"vq.core.base64", luaopen_vq_core_base64},
 };
 
 /* require "json" is require "vq.json", and so on. */
