@@ -30,7 +30,7 @@ typedef struct dns_channel dns_channel;
 typedef struct dns_socket dns_socket;
 
 struct dns_resolver {
-  dns_resolver **owner; /* the registry userdata's slot, emptied when the runtime closes */
+  void **owner; /* its vq_module_slot, emptied when the runtime closes */
   uv_loop_t *loop;
   dns_channel *channels;
 };
@@ -205,13 +205,8 @@ static void resolver_close(void *ud) {
 }
 
 static dns_resolver *resolver_of(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, RESOLVER_KEY);
-  dns_resolver **ud = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (ud && *ud) return *ud;
-  if (ud) luaL_error(L, "DNS queries ended: the runtime is closing");
-  ud = lua_newuserdatauv(L, sizeof *ud, 0); /* before anything that could leak */
-  *ud = NULL;
+  void **slot = vq_module_slot(L, RESOLVER_KEY);
+  if (*slot) return *slot;
   int rc = ares_library_init(ARES_LIB_INIT_ALL);
   if (rc != ARES_SUCCESS) luaL_error(L, "c-ares: %s", ares_strerror(rc));
   dns_resolver *r = calloc(1, sizeof *r);
@@ -220,9 +215,8 @@ static dns_resolver *resolver_of(lua_State *L) {
     luaL_error(L, "out of memory");
   }
   r->loop = vq_loop(vq_from_lua(L));
-  r->owner = ud;
-  *ud = r;
-  lua_setfield(L, LUA_REGISTRYINDEX, RESOLVER_KEY);
+  r->owner = slot;
+  *slot = r;
   vq_on_close(vq_from_lua(L), resolver_close, r);
   return r;
 }
@@ -508,7 +502,7 @@ static int l_query(lua_State *L) {
 
 /* How many channels and waiting queries there are (for specs and diagnostics). */
 static int l_stats(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, RESOLVER_KEY);
+  lua_getfield(L, LUA_REGISTRYINDEX, RESOLVER_KEY); /* the slot, if a query made it */
   dns_resolver **ud = lua_touserdata(L, -1);
   lua_Integer channels = 0, live = 0, sockets = 0;
   for (dns_channel *c = ud && *ud ? (*ud)->channels : NULL; c; c = c->next) {

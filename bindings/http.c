@@ -27,7 +27,7 @@ typedef struct http_client http_client;
 typedef struct http_req http_req;
 
 struct http_client {
-  http_client **owner; /* the userdata's slot, emptied when the client closes */
+  void **owner; /* its vq_module_slot, emptied when the client closes */
   CURLM *multi;
   uv_loop_t *loop;
   uv_timer_t timer;
@@ -636,10 +636,8 @@ static void client_close(void *ud) {
 }
 
 static http_client *client_of(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, CLIENT_KEY);
-  http_client **ud = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (ud && *ud) return *ud;
+  void **slot = vq_module_slot(L, CLIENT_KEY);
+  if (*slot) return *slot;
   http_client *c = calloc(1, sizeof *c);
   if (!c || !(c->multi = curl_multi_init())) {
     free(c);
@@ -655,10 +653,8 @@ static http_client *client_of(lua_State *L) {
   /* No per-host cap: over HTTP/1.1 every followed log or watch holds a connection for as
    * long as it runs, and a cap would starve the streams queued behind them. Callers that
    * want a limit queue their own work (k:follow's concurrency). */
-  ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = c;
-  c->owner = ud;
-  lua_setfield(L, LUA_REGISTRYINDEX, CLIENT_KEY);
+  *slot = c;
+  c->owner = slot;
   vq_on_close(vq_from_lua(L), client_close, c);
   return c;
 }

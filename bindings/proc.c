@@ -105,7 +105,7 @@ struct proc {
 };
 
 struct proc_registry {
-  proc_registry **owner; /* the Lua registry's slot, emptied when the runtime closes */
+  void **owner; /* its vq_module_slot, emptied when the runtime closes */
   proc *procs;
 };
 
@@ -696,17 +696,12 @@ static void registry_close(void *ud) {
 }
 
 static proc_registry *registry_of(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, REGISTRY_KEY);
-  proc_registry **slot = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (slot && *slot) return *slot;
-  if (slot) luaL_error(L, "the runtime is closing: no new processes");
+  void **slot = vq_module_slot(L, REGISTRY_KEY);
+  if (*slot) return *slot;
   proc_registry *reg = calloc(1, sizeof *reg);
   if (!reg) luaL_error(L, "out of memory");
-  slot = lua_newuserdatauv(L, sizeof *slot, 0);
   *slot = reg;
   reg->owner = slot;
-  lua_setfield(L, LUA_REGISTRYINDEX, REGISTRY_KEY);
   vq_on_close(vq_from_lua(L), registry_close, reg);
   return reg;
 }

@@ -77,7 +77,7 @@ typedef struct vhost_rec {
 } vhost_rec;
 
 struct ws_rt {
-  ws_rt **owner; /* the registry's slot, emptied when the runtime closes */
+  void **owner; /* its vq_module_slot, emptied when the runtime closes */
   uv_loop_t *loop;
   struct lws_context *ctx;
   uv_timer_t keepalive;
@@ -734,10 +734,8 @@ static void rt_close(void *ud) {
 }
 
 static ws_rt *rt_of(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, RT_KEY);
-  ws_rt **slot = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (slot && *slot) return *slot;
+  void **slot = vq_module_slot(L, RT_KEY);
+  if (*slot) return *slot;
   ws_rt *rt = calloc(1, sizeof *rt);
   if (!rt) luaL_error(L, "out of memory");
   rt->loop = vq_loop(vq_from_lua(L));
@@ -748,10 +746,8 @@ static ws_rt *rt_of(lua_State *L) {
   }
   uv_timer_init(rt->loop, &rt->keepalive);
   rt->keepalive.data = rt;
-  slot = lua_newuserdatauv(L, sizeof *slot, 0);
   *slot = rt;
   rt->owner = slot;
-  lua_setfield(L, LUA_REGISTRYINDEX, RT_KEY);
   vq_on_close(vq_from_lua(L), rt_close, rt);
   return rt;
 }

@@ -77,6 +77,7 @@ struct vq_runtime {
   vq_task *interrupt_target; /* the REPL's running statement, else the main task */
 
   vq_close_hook *close_hooks;
+  int closing;              /* vq_close has begun: no module state is made again */
 
   /* output */
   vq_redactor redactor;

@@ -281,6 +281,18 @@ void vq_on_close(vq_runtime *rt, void (*fn)(void *ud), void *ud) {
   rt->close_hooks = h;
 }
 
+void **vq_module_slot(lua_State *L, const char *key) {
+  if (vq_from_lua(L)->closing) luaL_error(L, "the runtime is closing (%s)", key);
+  lua_getfield(L, LUA_REGISTRYINDEX, key);
+  void **slot = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (slot) return slot;
+  slot = lua_newuserdatauv(L, sizeof *slot, 0);
+  *slot = NULL;
+  lua_setfield(L, LUA_REGISTRYINDEX, key);
+  return slot;
+}
+
 static void run_close_hooks(vq_runtime *rt) {
   while (rt->close_hooks) {
     vq_close_hook *h = rt->close_hooks;
@@ -292,6 +304,7 @@ static void run_close_hooks(vq_runtime *rt) {
 
 void vq_close(vq_runtime *rt) {
   if (!rt) return;
+  rt->closing = 1;
   vq_sched_close(rt);
   run_close_hooks(rt);
   vq_signal_close(rt);

@@ -69,6 +69,12 @@ int vq_repl_run(vq_runtime *rt);
  * a binding with handles of its own on the loop closes them here. */
 void vq_on_close(vq_runtime *rt, void (*fn)(void *ud), void *ud);
 
+/* A module's per-runtime state (an HTTP client, a resolver): the address of a pointer,
+ * NULL until the module makes its state, stores it there and registers its close hook.
+ * The hook must empty the slot. Asking while the runtime closes raises, so nothing is
+ * made again once its hook has run. */
+void **vq_module_slot(lua_State *L, const char *key);
+
 /* Drive the loop by hand (an embedder with its own main loop): like uv_run. */
 int vq_step(vq_runtime *rt, uv_run_mode mode);
 
