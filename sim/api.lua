@@ -71,10 +71,10 @@ function Api:version_info()
   return info
 end
 
-local function resource_list(gv, minor)
+local function resource_list(registry, gv, minor)
   local out = array()
   local types = {}
-  for _, t in ipairs(resources.list) do
+  for _, t in ipairs(registry:list()) do
     if t.api_version == gv and resources.served(t, minor) then types[#types + 1] = t end
   end
   for _, t in ipairs(types) do
@@ -101,14 +101,27 @@ local function resource_list(gv, minor)
   return { kind = "APIResourceList", apiVersion = "v1", groupVersion = gv, resources = out }
 end
 
-local function group_list(minor)
+local function api_group(g)
+  local versions = array()
+  for i, v in ipairs(g.versions) do versions[i] = { groupVersion = g.name .. "/" .. v, version = v } end
+  return { name = g.name, versions = versions, preferredVersion = versions[1] }
+end
+
+local function group_list(registry, minor)
   local groups = array()
-  for _, g in ipairs(resources.groups(minor)) do
-    local versions = array()
-    for i, v in ipairs(g.versions) do versions[i] = { groupVersion = g.name .. "/" .. v, version = v } end
-    groups[#groups + 1] = { name = g.name, versions = versions, preferredVersion = versions[1] }
-  end
+  for _, g in ipairs(registry:groups(minor)) do groups[#groups + 1] = api_group(g) end
   return { kind = "APIGroupList", apiVersion = "v1", groups = groups }
+end
+
+-- GET /apis/<group>: the APIGroup alone, or nil.
+local function group_of(registry, minor, name)
+  for _, g in ipairs(registry:groups(minor)) do
+    if g.name == name then
+      local out = api_group(g)
+      out.kind, out.apiVersion = "APIGroup", "v1"
+      return out
+    end
+  end
 end
 
 -- ---- routing ----
@@ -122,7 +135,7 @@ local function split_path(path)
 end
 
 --- {t, ns, name, sub, rest} from a resource path, or nil.
-local function parse_resource_path(parts)
+local function parse_resource_path(registry, parts)
   local group, version, i
   if parts[1] == "api" then
     group, version, i = "", parts[2], 3
@@ -143,10 +156,18 @@ local function parse_resource_path(parts)
   r.rest = {}
   for j = i + 3, #parts do r.rest[#r.rest + 1] = parts[j] end
   if not r.plural then return r end
-  r.t = resources.lookup(group, version, r.plural)
+  r.t = registry:lookup(group, version, r.plural)
   -- GET /api/v1/namespaces/x is the namespace itself, not a namespaced collection
   if not r.t and r.ns == nil and parts[i] == "namespaces" then r.t = resources.lookup("", "v1", "namespaces") end
   return r
+end
+
+-- Whether a type serves that subresource (a custom resource only those its CRD declares).
+local function declares(t, sub)
+  for _, s in ipairs(t.subresources or {}) do
+    if s == sub then return true end
+  end
+  return false
 end
 
 -- kubectl 1.32+ typed clients write protobuf; every handler reads the JSON of it.
@@ -173,22 +194,20 @@ function Api:handle(req, res)
     return send_json(res, 200, { kind = "APIVersions", versions = array { "v1" },
       serverAddressByClientCIDRs = array { { clientCIDR = "0.0.0.0/0", serverAddress = "127.0.0.1:" .. (sim.port or 0) } } })
   end
-  if path == "/apis" or path == "/apis/" then return send_json(res, 200, group_list(sim:minor())) end
+  if path == "/apis" or path == "/apis/" then return send_json(res, 200, group_list(sim.types, sim:minor())) end
   if sim.auth and not sim.auth(req, res) then return end
   if not protobuf_to_json(req, res) then return end
   local parts = split_path(path)
-  local r = parse_resource_path(parts)
+  local r = parse_resource_path(sim.types, parts)
   if not r then return self:handle_other(req, res, parts) end
   if not r.plural then
     local gv = r.group == "" and r.version or (r.group .. "/" .. r.version)
-    local list = resources.by_gv[gv] and resource_list(gv, sim:minor())
-    if list and #list.resources > 0 then return send_json(res, 200, list) end
+    local list = resource_list(sim.types, gv, sim:minor())
+    if #list.resources > 0 then return send_json(res, 200, list) end
     return send_status(res, 404, "the server could not find the requested resource", "NotFound")
   end
-  if not r.t or not resources.served(r.t, sim:minor()) then
-    return send_status(res, 404, "the server could not find the requested resource", "NotFound")
-  end
-  if r.t.namespaced == false and r.ns then
+  if not r.t or not resources.served(r.t, sim:minor()) or (r.t.namespaced == false and r.ns)
+     or (r.sub and r.t.custom and not declares(r.t, r.sub)) then
     return send_status(res, 404, "the server could not find the requested resource", "NotFound")
   end
   if sim.authorize and not sim.authorize(req, res, r) then return end
@@ -199,6 +218,8 @@ end
 function Api:handle_other(req, res, parts)
   local h = self.sim.extra_routes and self.sim.extra_routes[parts[1] or ""]
   if h then return h(req, res, parts) end
+  local group = parts[1] == "apis" and #parts == 2 and group_of(self.sim.types, self.sim:minor(), parts[2])
+  if group then return send_json(res, 200, group) end
   send_status(res, 404, "the server could not find the requested resource", "NotFound")
 end
 
@@ -231,6 +252,14 @@ end
 function Api:render(obj, t)
   local conv = self.sim.convert and self.sim.convert[t.key]
   if conv then return conv(obj) end
+  -- a custom resource read at another of its versions: conversion strategy None changes
+  -- only the apiVersion
+  if t.custom and obj.apiVersion ~= t.api_version then
+    local copy = {}
+    for k, v in pairs(obj) do copy[k] = v end
+    copy.apiVersion = t.api_version
+    return copy
+  end
   return obj
 end
 
@@ -321,7 +350,7 @@ function Api:list(req, res, r)
     return send_json(res, 200, tbl)
   end
   send_json(res, 200, {
-    kind = r.t.kind .. "List", apiVersion = r.t.api_version,
+    kind = r.t.list_kind or (r.t.kind .. "List"), apiVersion = r.t.api_version,
     metadata = { resourceVersion = tostring(list_rv), continue = cont, remainingItemCount = remaining },
     items = page,
   })
@@ -379,7 +408,7 @@ end
 
 -- ---- writing ----
 
-local function decode_body(req, res)
+local function decode_body(req, res, t)
   local ct = (req.headers["content-type"] or "application/json"):lower()
   local body = req.body or ""
   local obj, err
@@ -390,6 +419,12 @@ local function decode_body(req, res)
   end
   if type(obj) ~= "table" then
     send_status(res, 400, "the body of the request was in an unknown format: " .. tostring(err and err.message or err), "BadRequest")
+    return nil
+  end
+  -- another version of the type's group converts; another group is not this type
+  local group = type(obj.apiVersion) == "string" and obj.apiVersion ~= "" and (obj.apiVersion:match("^(.*)/") or "")
+  if t and group and group ~= t.group then
+    send_status(res, 400, ("the API version in the data (%s) does not match the expected API version (%s)"):format(obj.apiVersion, t.api_version), "BadRequest")
     return nil
   end
   return obj
@@ -415,10 +450,13 @@ end
 
 local function is_dry_run(req) return req.query.dryRun == "All" end
 
-local function spec_of(obj)
+-- What a change of bumps metadata.generation: all but metadata and status; for a custom
+-- resource without the status subresource, status too.
+local function spec_of(t, obj)
+  local keep_status = t.custom and not declares(t, "status")
   local copy = {}
   for k, v in pairs(obj) do
-    if k ~= "metadata" and k ~= "status" and k ~= "kind" and k ~= "apiVersion" then copy[k] = v end
+    if k ~= "metadata" and (k ~= "status" or keep_status) and k ~= "kind" and k ~= "apiVersion" then copy[k] = v end
   end
   return json.encode(copy, { sort_keys = true })
 end
@@ -440,7 +478,7 @@ local GENERATION = {
 
 local function has_generation(sim, t)
   if t.key == "pods" then return sim:minor() >= 33 end
-  return GENERATION[t.key] == true
+  return t.custom ~= nil or GENERATION[t.key] == true
 end
 
 --- Fill what the apiserver fills on create; returns the object or nil, status.
@@ -492,7 +530,7 @@ function Api:store_create(t, obj, dry_run)
 end
 
 function Api:create(req, res, r)
-  local obj = decode_body(req, res)
+  local obj = decode_body(req, res, r.t)
   if not obj then return end
   local t = r.t
   local hook = self.sim.create_handlers and self.sim.create_handlers[t.key]
@@ -533,7 +571,7 @@ function Api:replace(t, ns, name, new, opts)
   meta.uid, meta.creationTimestamp = old.metadata.uid, old.metadata.creationTimestamp
   meta.deletionTimestamp = old.metadata.deletionTimestamp
   meta.deletionGracePeriodSeconds = old.metadata.deletionGracePeriodSeconds
-  local has_status = t.subresources and (t.subresources[1] == "status" or t.subresources[2] == "status")
+  local has_status = declares(t, "status")
   if opts.part == "status" then
     -- only status changes through the status subresource
     local status = new.status
@@ -548,7 +586,7 @@ function Api:replace(t, ns, name, new, opts)
     meta.generation = nil
     if has_generation(self.sim, t) then
       meta.generation = old.metadata.generation
-      if spec_of(new) ~= spec_of(old) then meta.generation = (old.metadata.generation or 0) + 1 end
+      if spec_of(t, new) ~= spec_of(t, old) then meta.generation = (old.metadata.generation or 0) + 1 end
     end
   end
   meta.managedFields = meta.managedFields or old.metadata.managedFields
@@ -571,7 +609,7 @@ function Api:replace(t, ns, name, new, opts)
 end
 
 function Api:update(req, res, r)
-  local obj = decode_body(req, res)
+  local obj = decode_body(req, res, r.t)
   if not obj then return end
   local stored, status = self:replace(r.t, r.ns, r.name, obj, {
     dry_run = is_dry_run(req),
@@ -685,7 +723,7 @@ function Api:delete_collection(req, res, r)
   local items = self.sim.store:list(resources.store_key(r.t), r.ns, filter)
   local out = array()
   for _, obj in ipairs(items) do out[#out + 1] = self:render(self:remove(r.t, obj, o), r.t) end
-  send_json(res, 200, { kind = r.t.kind .. "List", apiVersion = r.t.api_version,
+  send_json(res, 200, { kind = r.t.list_kind or (r.t.kind .. "List"), apiVersion = r.t.api_version,
     metadata = { resourceVersion = tostring(self.sim.store.rv) }, items = out })
 end
 
@@ -703,7 +741,7 @@ function Api:subresource(req, res, r)
       local stored, status = self:replace(r.t, r.ns, r.name, obj, { part = "status", dry_run = is_dry_run(req),
         manager = req.query.fieldManager or patch.manager_from_agent(req.headers["user-agent"]) })
       if not stored then return send_json(res, status.code, status) end
-      return send_json(res, 200, stored)
+      return send_json(res, 200, self:render(stored, r.t))
     end
   end
   send_status(res, 404, "the server could not find the requested resource", "NotFound")

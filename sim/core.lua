@@ -1,6 +1,7 @@
 -- What the apiserver itself does beyond storing: defaults on create, the scale
 -- subresource, ClusterIPs, the PVC protection finalizer, events.k8s.io's view of events,
--- access reviews, garbage collection by ownerReferences, and namespace deletion.
+-- access reviews, garbage collection by ownerReferences, namespace deletion, and (in
+-- sim/crd.lua) the resources CustomResourceDefinitions define.
 local json = require "json"
 local util = require "sim.util"
 local api_mod = require "sim.api"
@@ -347,19 +348,44 @@ end
 
 -- ---- the scale subresource ----
 
-local function scale_of(t, obj)
-  local st = obj.status or {}
+-- Where a type keeps its replicas: a custom resource where its CRD's scale subresource says
+-- (specReplicasPath, statusReplicasPath, labelSelectorPath), the built-in ones in spec and status.
+local BUILTIN_SCALE = { specReplicasPath = ".spec.replicas", statusReplicasPath = ".status.replicas" }
+
+local function selector_text(t, obj)
+  if t.scale then
+    local sel = t.scale.labelSelectorPath and util.get_path(obj, t.scale.labelSelectorPath)
+    return type(sel) == "string" and sel or nil
+  end
   local sel = obj.spec and obj.spec.selector and obj.spec.selector.matchLabels or {}
   local parts = {}
   for k, v in pairs(sel) do parts[#parts + 1] = k .. "=" .. v end
   table.sort(parts)
+  return table.concat(parts, ",")
+end
+
+local function scale_of(t, obj)
+  local paths = t.scale or BUILTIN_SCALE
+  local function int(path)
+    local v = util.get_path(obj, path)
+    return type(v) == "number" and v or 0
+  end
   return {
     kind = "Scale", apiVersion = "autoscaling/v1",
     metadata = { name = obj.metadata.name, namespace = obj.metadata.namespace, uid = obj.metadata.uid,
                  resourceVersion = obj.metadata.resourceVersion, creationTimestamp = obj.metadata.creationTimestamp },
-    spec = { replicas = (obj.spec or {}).replicas or 0 },
-    status = { replicas = st.replicas or 0, selector = table.concat(parts, ",") },
+    spec = { replicas = int(paths.specReplicasPath) },
+    status = { replicas = int(paths.statusReplicasPath), selector = selector_text(t, obj) },
   }
+end
+
+-- The object with its desired replicas set (a copy).
+local function with_replicas(t, obj, replicas)
+  local new = util.copy(obj)
+  local path = (t.scale or BUILTIN_SCALE).specReplicasPath
+  local parent, field = path:match("^(.*)%.([^.]+)$")
+  util.ensure(new, parent)[field] = replicas
+  return new
 end
 
 local function scale_handler(sim, req, res, r)
@@ -378,8 +404,11 @@ local function scale_handler(sim, req, res, r)
     rv = body.metadata and body.metadata.resourceVersion
   elseif req.method == "PATCH" then
     local ct = (req.headers["content-type"] or ""):match("^[^;]+")
-    local patched = require("sim.patch").patch(ct, scale_of(t, obj), req.body, t)
-    if not patched then return api_mod.send_status(res, 400, "invalid patch", "BadRequest") end
+    local patched, err = require("sim.patch").patch(ct, scale_of(t, obj), req.body, t)
+    if not patched then
+      if type(err) == "table" and err.code == 415 then return api_mod.send_json(res, 415, err) end
+      return api_mod.send_status(res, 400, "invalid patch", "BadRequest")
+    end
     replicas = patched.spec and patched.spec.replicas
   else
     return api_mod.send_status(res, 405, "method not allowed", "MethodNotAllowed")
@@ -387,8 +416,7 @@ local function scale_handler(sim, req, res, r)
   if math.type(replicas) ~= "integer" or replicas < 0 then
     return api_mod.send_status(res, 422, ('Scale.autoscaling "%s" is invalid: spec.replicas: Invalid value: %s: must be greater than or equal to 0'):format(r.name, tostring(replicas)), "Invalid")
   end
-  local new = util.copy(obj)
-  new.spec.replicas = replicas
+  local new = with_replicas(t, obj, replicas)
   new.metadata.resourceVersion = rv
   local stored, status = sim.api:replace(t, r.ns, r.name, new, { dry_run = req.query.dryRun == "All",
     manager = req.query.fieldManager or require("sim.patch").manager_from_agent(req.headers["user-agent"]) })
@@ -431,7 +459,7 @@ end
 
 local function dependents_of(sim, owner_uid)
   local out = {}
-  for _, t in ipairs(resources.list) do
+  for _, t in ipairs(sim.types:list()) do
     if not t.shared_with then
       for _, obj in ipairs(sim.store:list(resources.store_key(t), nil)) do
         for _, ref in ipairs(obj.metadata.ownerReferences or {}) do
@@ -486,7 +514,7 @@ end
 local function delete_namespace_contents(sim, ns)
   sim:spawn(function()
     sim:delay(0.05)
-    for _, t in ipairs(resources.list) do
+    for _, t in ipairs(sim.types:list()) do
       if t.namespaced and not t.shared_with then
         for _, obj in ipairs(sim.store:list(resources.store_key(t), ns.metadata.name)) do
           sim.api:remove(t, obj, { propagation = "Background", grace = 0 })
@@ -500,6 +528,8 @@ end
 
 function M.install(sim)
   install_defaults(sim)
+  -- the apiextensions part of the apiserver: CRDs and the resources they define
+  require("sim.crd").install(sim)
   for _, key in ipairs { "statefulsets.apps", "deployments.apps", "replicasets.apps", "replicationcontrollers" } do
     sim.subresources[key .. "/scale"] = scale_handler
   end
@@ -544,5 +574,6 @@ function M.install(sim)
 end
 
 M.scale_of = scale_of
+M.scale_handler = scale_handler
 M.remove_finalizer = remove_finalizer
 return M

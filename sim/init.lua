@@ -21,13 +21,13 @@ function Sim:minor()
   return tonumber(self.version:match("^v%d+%.(%d+)")) or 30
 end
 
---- The type descriptor for a resource key ("pods", "statefulsets.apps").
-function Sim:type(key) return resources.by_key[key] end
+--- The type descriptor for a resource key ("pods", "statefulsets.apps", a custom resource's).
+function Sim:type(key) return self.types:get(key) end
 
 --- Create an object directly in the store (seeding, controllers): defaults filled as the
 --- apiserver does on create. Returns the stored object or nil, status.
 function Sim:create(key, obj)
-  local t = assert(resources.by_key[key], key)
+  local t = assert(self:type(key), key)
   local admitted, status = self.api:admit_create(t, obj.metadata and obj.metadata.namespace, obj)
   if not admitted then return nil, status end
   if self.store:get(resources.store_key(t), admitted.metadata.namespace, admitted.metadata.name) then
@@ -37,18 +37,18 @@ function Sim:create(key, obj)
 end
 
 function Sim:get(key, ns, name)
-  return self.store:get(resources.store_key(resources.by_key[key]), ns, name)
+  return self.store:get(resources.store_key(self:type(key)), ns, name)
 end
 
 function Sim:list(key, ns, fn)
-  return self.store:list(resources.store_key(resources.by_key[key]), ns, fn)
+  return self.store:list(resources.store_key(self:type(key)), ns, fn)
 end
 
 --- Replace an object with a changed copy (controllers): obj is a copy of the stored one.
 function Sim:update(key, obj, opts)
   opts = opts or {}
   obj.metadata.resourceVersion = nil
-  return self.api:replace(resources.by_key[key], obj.metadata.namespace, obj.metadata.name, obj, opts)
+  return self.api:replace(self:type(key), obj.metadata.namespace, obj.metadata.name, obj, opts)
 end
 
 function Sim:update_status(key, obj)
@@ -56,7 +56,7 @@ function Sim:update_status(key, obj)
 end
 
 function Sim:delete(key, obj, opts)
-  return self.api:remove(resources.by_key[key], obj, opts)
+  return self.api:remove(self:type(key), obj, opts)
 end
 
 -- A scenario's broken pod never becomes ready: it is settled once it fails steadily.
@@ -187,6 +187,7 @@ function M.start(opts)
     version = opts.version or M.DEFAULT_VERSION,
     clock = clock_mod.new(opts.clock_offset),
     store = store_mod.new { window = opts.window },
+    types = resources.registry(),
     speed = opts.speed or 1,
     bookmark_interval = opts.bookmark_interval or 1,
     tasks = {}, stoppers = {},

@@ -3,7 +3,7 @@
 -- type's PATCH operation, matched by x-kubernetes-group-version-kind) and, if it cannot
 -- tell, refuses to go on without --validate=false.
 local json = require "json"
-local resources = require "sim.resources"
+local util = require "sim.util"
 local api_mod = require "sim.api"
 local protobuf = require "sim.protobuf"
 
@@ -14,6 +14,9 @@ local function array(t) return setmetatable(t or {}, json.array_mt) end
 local function gv_path(t) return t.group == "" and ("api/" .. t.version) or ("apis/" .. t.group .. "/" .. t.version) end
 
 local QUERY = { "dryRun", "fieldManager", "fieldValidation", "force", "pretty" }
+
+-- A custom resource takes no strategic merge patch; kubectl's apply sends it a JSON merge patch.
+local CUSTOM_CONSUMES = { "application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml" }
 
 local function patch_operation(t)
   local params = array()
@@ -29,25 +32,61 @@ local function patch_operation(t)
   }
 end
 
-local function gv_document(gv)
-  local paths = {}
-  for _, t in ipairs(resources.list) do
+-- "example.com", "v1", "Widget" -> "com.example.v1.Widget", as the apiserver names a CRD's schema
+local function schema_name(t)
+  local parts = {}
+  for p in t.group:gmatch("[^.]+") do table.insert(parts, 1, p) end
+  parts[#parts + 1] = t.version
+  parts[#parts + 1] = t.kind
+  return table.concat(parts, ".")
+end
+
+-- A custom resource's schema as its CRD gives it, with the fields every object has:
+-- what `kubectl explain` reads.
+local function custom_schema(t)
+  local s = util.copy(t.schema or { type = "object" })
+  s.properties = s.properties or {}
+  s.properties.apiVersion = s.properties.apiVersion or { type = "string",
+    description = "APIVersion defines the versioned schema of this representation of an object." }
+  s.properties.kind = s.properties.kind or { type = "string",
+    description = "Kind is a string value representing the REST resource this object represents." }
+  s.properties.metadata = s.properties.metadata or { type = "object",
+    description = "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata" }
+  s["x-kubernetes-group-version-kind"] = array { { group = t.group, version = t.version, kind = t.kind } }
+  return s
+end
+
+local function gv_document(sim, gv)
+  local paths, schemas = {}, {}
+  for _, t in ipairs(sim.types:list()) do
     if gv_path(t) == gv and not t.shared_with_only then
       local base = "/" .. gv .. (t.namespaced and "/namespaces/{namespace}/" or "/") .. t.plural .. "/{name}"
       paths[base] = { patch = patch_operation(t) }
+      if t.custom then schemas[schema_name(t)] = custom_schema(t) end
     end
   end
   return { openapi = "3.0.0", info = { title = "Kubernetes", version = "unversioned" }, paths = paths,
-           components = { schemas = {} } }
+           components = { schemas = schemas } }
+end
+
+-- A document's hash changes with what it describes: the server version, and for a custom
+-- group version the CRDs that serve it (kubectl caches each document by its URL).
+local function gv_hash(sim, gv)
+  local parts = { (sim.version:gsub("%W", "")) }
+  for _, t in ipairs(sim.types:list()) do
+    local crd = t.custom and gv_path(t) == gv and sim.store:get("customresourcedefinitions.apiextensions.k8s.io", nil, t.custom)
+    if crd then parts[#parts + 1] = crd.metadata.resourceVersion end
+  end
+  return table.concat(parts, "-")
 end
 
 local function root(sim)
   local paths, seen = {}, {}
-  for _, t in ipairs(resources.list) do
+  for _, t in ipairs(sim.types:list()) do
     local gv = gv_path(t)
     if not seen[gv] then
       seen[gv] = true
-      paths[gv] = { serverRelativeURL = "/openapi/v3/" .. gv .. "?hash=" .. sim.version:gsub("%W", "") }
+      paths[gv] = { serverRelativeURL = "/openapi/v3/" .. gv .. "?hash=" .. gv_hash(sim, gv) }
     end
   end
   return { paths = paths }
@@ -68,10 +107,10 @@ local function group_camel(group)
 end
 
 --- The PATCH operations of the served types, one per path, as the v2 document lists them.
-local function v2_operations()
+local function v2_operations(sim)
   local ops = {}
-  for _, t in ipairs(resources.list) do
-    if not t.shared_with then
+  for _, t in ipairs(sim.types:list()) do
+    if not t.shared_with or t.custom then
       local camel = group_camel(t.group)
       ops[#ops + 1] = {
         path = "/" .. gv_path(t) .. (t.namespaced and "/namespaces/{namespace}/" or "/") .. t.plural .. "/{name}",
@@ -79,6 +118,7 @@ local function v2_operations()
         tag = camel:sub(1, 1):lower() .. camel:sub(2) .. "_" .. t.version,
         description = "partially update the specified " .. t.kind,
         gvk = ("group: %s\nkind: %s\nversion: %s\n"):format(t.group == "" and '""' or t.group, t.kind, t.version),
+        consumes = t.custom and CUSTOM_CONSUMES or CONSUMES,
         t = t,
       }
     end
@@ -89,14 +129,14 @@ end
 
 local function v2_json(sim)
   local paths = {}
-  for _, op in ipairs(v2_operations()) do
+  for _, op in ipairs(v2_operations(sim)) do
     local params = array()
     for _, name in ipairs(QUERY) do
       params[#params + 1] = { name = name, ["in"] = "query", type = name == "force" and "boolean" or "string", uniqueItems = true }
     end
     paths[op.path] = { patch = {
       description = op.description, operationId = op.id, tags = array { op.tag },
-      consumes = array(CONSUMES), produces = array(PRODUCES), schemes = array { "https" }, parameters = params,
+      consumes = array(op.consumes), produces = array(PRODUCES), schemes = array { "https" }, parameters = params,
       responses = { ["200"] = { description = "OK" } },
       ["x-kubernetes-action"] = "patch",
       ["x-kubernetes-group-version-kind"] = { group = op.t.group, kind = op.t.kind, version = op.t.version },
@@ -120,8 +160,8 @@ local function v2_protobuf(sim)
     return pb.message(8, { pb.message(1, { pb.message(2, { pb.message(3, sub) }) }) })
   end
   local paths = {}
-  for _, op in ipairs(v2_operations()) do
-    local parts = { pb.bytes(1, op.tag), pb.bytes(3, op.description), pb.bytes(5, op.id), strings(6, PRODUCES), strings(7, CONSUMES) }
+  for _, op in ipairs(v2_operations(sim)) do
+    local parts = { pb.bytes(1, op.tag), pb.bytes(3, op.description), pb.bytes(5, op.id), strings(6, PRODUCES), strings(7, op.consumes) }
     for _, name in ipairs(QUERY) do parts[#parts + 1] = query(name) end
     parts[#parts + 1] = pb.message(9, { pb.message(1, { pb.bytes(1, "200"), pb.message(2, { pb.message(1, { pb.bytes(1, "OK") }) }) }) })
     parts[#parts + 1] = pb.bytes(10, "https")
@@ -151,7 +191,7 @@ function M.install(sim)
     end
     if #parts == 2 then return api_mod.send_json(res, 200, root(sim)) end
     local gv = table.concat(parts, "/", 3)
-    local doc = gv_document(gv)
+    local doc = gv_document(sim, gv)
     if not next(doc.paths) then
       return api_mod.send_status(res, 404, "the server could not find the requested resource", "NotFound")
     end

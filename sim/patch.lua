@@ -209,6 +209,15 @@ smp = function(old, p)
 end
 M.strategic_merge = smp
 
+local PATCH_TYPES = { "application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml",
+                      "application/strategic-merge-patch+json" }
+local CUSTOM_PATCH_TYPES = { "application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml" }
+
+local function unsupported(types)
+  return status(415, "the body of the request was in an unknown format - accepted media types include: " .. table.concat(types, ", "),
+    "UnsupportedMediaType")
+end
+
 --- Apply a PATCH body of the given content type to old. Returns the new object or
 --- nil, status table / message.
 function M.patch(content_type, old, body, t)
@@ -217,12 +226,8 @@ function M.patch(content_type, old, body, t)
   if content_type == "application/merge-patch+json" then
     return merge_patch(old, p)
   elseif content_type == "application/strategic-merge-patch+json" then
-    if t and t.group ~= "" and t.group ~= "apps" and t.group ~= "batch" and t.group ~= "policy"
-       and t.group ~= "networking.k8s.io" and t.group ~= "rbac.authorization.k8s.io" and t.group ~= "storage.k8s.io"
-       and t.group ~= "autoscaling" and t.group ~= "events.k8s.io" and t.group ~= "coordination.k8s.io"
-       and t.group ~= "scheduling.k8s.io" then
-      return nil, status(415, "strategic merge patch is not supported for custom resources", "UnsupportedMediaType")
-    end
+    -- a custom resource has no Go type to take patch strategies from: the apiserver refuses
+    if t and t.custom then return nil, unsupported(CUSTOM_PATCH_TYPES) end
     return smp(old, p)
   elseif content_type == "application/json-patch+json" then
     if not is_array(p) then return nil, status(400, "json patch must be a list of operations", "BadRequest") end
@@ -230,7 +235,7 @@ function M.patch(content_type, old, body, t)
     if not out then return nil, status(422, e, "Invalid") end
     return out
   end
-  return nil, status(415, ('the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json'), "UnsupportedMediaType")
+  return nil, unsupported(t and t.custom and CUSTOM_PATCH_TYPES or PATCH_TYPES)
 end
 
 -- ---- managed fields ----

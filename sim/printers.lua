@@ -464,10 +464,98 @@ local default_printer = {
   row = function(_, obj) return { obj.metadata.name, obj.metadata.creationTimestamp } end,
 }
 
+-- ---- custom resources: the columns their CRD declares ----
+
+-- One step of a JSONPath (the part inside brackets) applied to a value: a quoted name, an
+-- index, * or a filter [?(@.field=="value")].
+local function bracket(v, expr, out)
+  if type(v) ~= "table" then return end
+  local name = expr:match("^'(.*)'$") or expr:match('^"(.*)"$')
+  if name then out[#out + 1] = v[name] return end
+  local index = tonumber(expr:match("^%-?%d+$") or "")
+  if index then
+    out[#out + 1] = v[index < 0 and #v + index + 1 or index + 1]
+    return
+  end
+  if expr == "*" then
+    for _, x in ipairs(v) do out[#out + 1] = x end
+    return
+  end
+  local field, op, lit = expr:match("^%?%(@%.([%w_%-%.]+)%s*([=!]=)%s*(.-)%)$")
+  if not field then return end
+  local want = lit:match("^'(.*)'$") or lit:match('^"(.*)"$') or tonumber(lit) or (lit == "true") or (lit ~= "false" and lit)
+  for _, x in ipairs(v) do
+    if (util.get_path(x, field) == want) == (op == "==") then out[#out + 1] = x end
+  end
+end
+
+--- The values a JSONPath (.a.b, [0], ['x.y'], [*], [?(@.type=="Ready")]) selects in obj.
+local function json_path(obj, path)
+  local vals, i = { obj }, 1
+  path = path:gsub("^{(.*)}$", "%1")
+  while i <= #path and #vals > 0 do
+    local name, j = path:match("^%.([%w_%-/]+)()", i)
+    local out = {}
+    if name then
+      for _, v in ipairs(vals) do if type(v) == "table" then out[#out + 1] = v[name] end end
+    else
+      local expr
+      expr, j = path:match("^%[(.-)%]()", i)
+      if not expr then return {} end
+      for _, v in ipairs(vals) do bracket(v, expr, out) end
+    end
+    vals, i = out, j
+  end
+  return vals
+end
+M.json_path = json_path
+
+-- A cell as the apiextensions table convertor makes it from a column's first value.
+local function custom_cell(sim, typ, v)
+  if v == nil or v == json.null then return json.null end
+  if typ == "string" then
+    if type(v) == "table" then return json.encode(v) end
+    return tostring(v)
+  elseif typ == "integer" then
+    return type(v) == "number" and math.floor(v) or json.null
+  elseif typ == "number" then
+    return type(v) == "number" and v or json.null
+  elseif typ == "boolean" then
+    return type(v) == "boolean" and v or json.null
+  elseif typ == "date" then
+    if type(v) ~= "string" then return json.null end
+    return util.parse_time(v) and since(sim, v) or "<invalid>"
+  end
+  return json.null
+end
+
+-- A CRD version without additionalPrinterColumns prints its objects' age
+-- (serveDefaultColumnsIfEmpty); one with them prints those only, after the name.
+local DEFAULT_CUSTOM_COLUMNS = { { name = "Age", type = "date", jsonPath = ".metadata.creationTimestamp",
+  description = "CreationTimestamp is a timestamp representing the server time when this object was created." } }
+
+--- The printer of a custom resource version, from its CRD's additionalPrinterColumns.
+function M.custom(columns)
+  if not columns or #columns == 0 then columns = DEFAULT_CUSTOM_COLUMNS end
+  local cols = { NAME }
+  for _, c in ipairs(columns) do
+    cols[#cols + 1] = col(c.name, c.type, c.priority, c.format,
+      c.description or ("Custom resource definition column (in JSONPath format): " .. tostring(c.jsonPath)))
+  end
+  return {
+    columns = cols,
+    row = function(sim, obj)
+      local cells = { obj.metadata.name }
+      for i, c in ipairs(columns) do cells[i + 1] = custom_cell(sim, c.type, json_path(obj, c.jsonPath or "")[1]) end
+      return cells
+    end,
+  }
+end
+
 --- A meta.k8s.io/v1 Table of objects of type t. Rows carry PartialObjectMetadata
 --- (includeObject=Metadata, kubectl's default) or the object (includeObject=Object).
 function M.table(sim, t, objects, query, rv)
-  local p = printers[t.shared_with or t.key] or default_printer
+  local p = t.printer or printers[t.shared_with or t.key] or default_printer
   local include = query and query.includeObject or "Metadata"
   local minor, keep = sim:minor(), {}
   local cols = array()

@@ -69,22 +69,26 @@ function M.served(t, minor)
   return (not min or minor >= min) and (not max or minor <= max)
 end
 
+-- Add t's group (in order of first appearance) and its version to the list of groups.
+local function add_group_version(out, by_name, t)
+  local g = by_name[t.group]
+  if not g then
+    g = { name = t.group, version = t.version, versions = {} }
+    by_name[t.group] = g
+    out[#out + 1] = g
+  end
+  for _, v in ipairs(g.versions) do
+    if v == t.version then return end
+  end
+  g.versions[#g.versions + 1] = t.version
+end
+
 --- Groups in the order the real apiserver lists them, each with the versions a server of
 --- that minor version serves (the preferred first).
 function M.groups(minor)
   local by_name, out = {}, {}
   for _, t in ipairs(M.list) do
-    if t.group ~= "" and (not minor or M.served(t, minor)) then
-      local g = by_name[t.group]
-      if not g then
-        g = { name = t.group, version = t.version, versions = {} }
-        by_name[t.group] = g
-        out[#out + 1] = g
-      end
-      local have = false
-      for _, v in ipairs(g.versions) do have = have or v == t.version end
-      if not have then g.versions[#g.versions + 1] = t.version end
-    end
+    if t.group ~= "" and (not minor or M.served(t, minor)) then add_group_version(out, by_name, t) end
   end
   return out
 end
@@ -104,5 +108,100 @@ end
 
 --- Storage key: core and events.k8s.io events are one store, as in the real apiserver.
 function M.store_key(t) return t.shared_with or t.key end
+
+-- ---- kube-aware version order ----
+
+-- GA before beta before alpha, higher numbers first; versions not of that form after them.
+local function version_rank(v)
+  local major = v:match("^v(%d+)$")
+  if major then return 3, tonumber(major), 0 end
+  local m, level, n = v:match("^v(%d+)(%l+)(%d+)$")
+  local order = { beta = 2, alpha = 1 }
+  if m and order[level] then return order[level], tonumber(m), tonumber(n) end
+  return 0, 0, 0
+end
+
+--- True when version a sorts before b in the order the apiserver lists a group's versions
+--- (v2, v1, v1beta2, v1beta1, v1alpha1, then others by name).
+function M.version_less(a, b)
+  local la, ma, na = version_rank(a)
+  local lb, mb, nb = version_rank(b)
+  if la ~= lb then return la > lb end
+  if la == 0 then return a < b end
+  if ma ~= mb then return ma > mb end
+  return na > nb
+end
+
+-- ---- the types of one simulator ----
+
+-- The built-in types above are the same for every simulator; the custom ones a
+-- simulator's CustomResourceDefinitions define are its own, layered over them.
+local Registry = {}
+Registry.__index = Registry
+
+--- An empty registry: the built-in types only.
+function M.registry()
+  return setmetatable({ crds = {}, custom = {}, all = M.list, by_key = {}, by_gv = {} }, Registry)
+end
+
+local function custom_before(a, b)
+  if a.group ~= b.group then return a.group < b.group end
+  if a.version ~= b.version then return M.version_less(a.version, b.version) end
+  return a.plural < b.plural
+end
+
+--- Serve the types of a CRD (by its name), replacing what it served before; nil stops serving them.
+function Registry:set(crd_name, types)
+  self.crds[crd_name] = types
+  local custom = {}
+  for _, list in pairs(self.crds) do
+    for _, t in ipairs(list) do custom[#custom + 1] = t end
+  end
+  table.sort(custom, custom_before)
+  self.custom, self.by_key, self.by_gv = custom, {}, {}
+  local all = { table.unpack(M.list) }
+  for _, t in ipairs(custom) do
+    all[#all + 1] = t
+    if not t.shared_with then self.by_key[t.key] = t end
+    self.by_gv[t.api_version] = self.by_gv[t.api_version] or {}
+    self.by_gv[t.api_version][t.plural] = t
+  end
+  self.all = all
+end
+
+--- The types a CRD serves (by its name), or nil.
+function Registry:of(crd_name) return self.crds[crd_name] end
+
+--- Every type served, built-in first (do not modify the list).
+function Registry:list() return self.all end
+
+--- The type of a resource key ("pods", "widgets.example.com"), or nil.
+function Registry:get(key) return M.by_key[key] or self.by_key[key] end
+
+--- The type served at group/version/plural, or nil.
+function Registry:lookup(group, version, plural)
+  local t = M.lookup(group, version, plural)
+  if t then return t end
+  local gv = self.by_gv[group == "" and version or (group .. "/" .. version)]
+  return gv and gv[plural]
+end
+
+--- The type for an object's apiVersion and kind.
+function Registry:for_object(obj)
+  local t = M.for_object(obj)
+  if t then return t end
+  for _, c in ipairs(self.custom) do
+    if c.api_version == obj.apiVersion and c.kind == obj.kind then return c end
+  end
+end
+
+--- The groups as M.groups lists them, the custom ones after the built-in ones as the
+--- aggregator orders them (equal priority: by name), their versions in kube-aware order.
+function Registry:groups(minor)
+  local out, by_name = M.groups(minor), {}
+  for _, g in ipairs(out) do by_name[g.name] = g end
+  for _, t in ipairs(self.custom) do add_group_version(out, by_name, t) end
+  return out
+end
 
 return M

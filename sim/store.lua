@@ -150,6 +150,13 @@ function Store:watch(key, ns, from_rv, filter)
   return w
 end
 
+--- End the watches of a type (a custom resource whose CRD is gone): their clients re-list.
+function Store:close_watchers(key)
+  for w in pairs(self.watchers) do
+    if w.key == key then w:close() end
+  end
+end
+
 --- Observe every change in-process (controllers).
 function Store:on_change(fn)
   self.hooks[#self.hooks + 1] = fn

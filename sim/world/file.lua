@@ -55,14 +55,21 @@ local function wanted(t, obj)
   return t and not SKIP[t.key] and not (t.key == "pods" and obj.metadata and obj.metadata.ownerReferences)
 end
 
---- Create the file's objects (namespaces first); existing ones are kept.
+-- Namespaces first, then the CRDs (whose types the objects after them may be).
+local function load_order(obj)
+  if obj.kind == "Namespace" then return 0 end
+  if obj.kind == "CustomResourceDefinition" then return 1 end
+  return 2
+end
+
+--- Create the file's objects (namespaces and CRDs first); existing ones are kept.
 function M.load(sim, path)
   local world = require "sim.world"
   local uids, later = {}, {}
   local list = read_objects(path)
-  table.sort(list, function(a, b) return (a.kind == "Namespace" and 0 or 1) < (b.kind == "Namespace" and 0 or 1) end)
+  table.sort(list, function(a, b) return load_order(a) < load_order(b) end)
   for _, obj in ipairs(list) do
-    local t = resources.for_object(obj)
+    local t = sim.types:for_object(obj) -- after the CRDs, their custom resources too
     if wanted(t, obj) then
       local old_uid, refs, created = strip(obj)
       local stored = world.seed(sim, { { t.key, obj } })[1]
