@@ -47,13 +47,43 @@ for _, t in ipairs(types.list) do
   for _, s in ipairs(t.short) do by_name[s] = by_name[s] or t end
 end
 
--- The type of an object by its apiVersion and kind.
+-- Built-in types by "group/Kind" (the core group is ""), for objects.
+local by_group_kind = {}
+for _, t in ipairs(types.list) do
+  local key = t.group .. "/" .. t.kind
+  by_group_kind[key] = by_group_kind[key] or t
+end
+
+-- The type at another version of its group (an object written for v1beta1 goes to
+-- v1beta1's path, as kubectl sends it).
+local function at_version(t, version)
+  if t.version == version then return t end
+  local copy = {}
+  for k, v in pairs(t) do copy[k] = v end
+  copy.version = version
+  copy.api_version = t.group == "" and version or (t.group .. "/" .. version)
+  return copy
+end
+
+-- The type of an object by its apiVersion and kind: a CRD's kind may also be a built-in
+-- kind (a Lease of example.com is no coordination.k8s.io Lease).
 local function type_of_object(self, obj)
-  for _, t in ipairs(types.list) do
-    if t.api_version == obj.apiVersion and t.kind == obj.kind then return t end
+  if type(obj.kind) ~= "string" or type(obj.apiVersion) ~= "string" then
+    return nil, err("invalid", "the object needs apiVersion and kind")
   end
-  if type(obj.kind) ~= "string" then return nil, err("invalid", "the object has no kind") end
-  return self:resource(obj.kind)
+  local group, version = obj.apiVersion:match("^(.+)/([^/]+)$")
+  if not group then group, version = "", obj.apiVersion end
+  local key = group .. "/" .. obj.kind
+  local t = by_group_kind[key] or self.discovered[key]
+  if not t then
+    local ok, e = self:discover(self.discovery_done)
+    if not ok then return nil, e end
+    t = self.discovered[key]
+  end
+  if not t then
+    return nil, err("unknown_resource", ('no matches for kind "%s" in version "%s"'):format(obj.kind, obj.apiVersion))
+  end
+  return at_version(t, version)
 end
 
 --- Split "sts/vantiq" into ("sts", "vantiq"); a plain name stays whole.
@@ -64,42 +94,107 @@ local function split_ref(ref)
 end
 
 --- The type for a name as kubectl accepts it (pods, po, Pod, sts, statefulsets.apps, …),
---- from the built-in table, else from the server's discovery (CRDs).
+--- from the built-in table, else from the server's discovery (CRDs). A name discovery
+--- does not know asks again (as kubectl does): a CRD may have been created since.
 function Client:resource(name)
-  local t = by_name[name] or by_name[name:lower()] or self.discovered[name] or self.discovered[name:lower()]
+  local function known() return by_name[name] or by_name[name:lower()] or self.discovered[name] or self.discovered[name:lower()] end
+  local t = known()
   if t then return t end
-  local ok, e = self:discover()
+  local ok, e = self:discover(self.discovery_done)
   if not ok then return nil, e end
-  t = self.discovered[name] or self.discovered[name:lower()]
-  if not t then return nil, err("unknown_resource", ('the server doesn\'t have a resource type "%s"'):format(name)) end
-  return t
+  t = known()
+  if t then return t end
+  local msg = ('the server doesn\'t have a resource type "%s"'):format(name)
+  if self.discovery_failed and #self.discovery_failed > 0 then
+    msg = msg .. " (discovery could not read " .. table.concat(self.discovery_failed, "; ") .. ")"
+  end
+  return nil, err("unknown_resource", msg, { failed_groups = self.discovery_failed })
 end
 
--- Discovery only for what the built-in table lacks; asked once per run.
-function Client:discover()
-  if self.discovery_done then return true end
-  local groups, e = self:request { path = "/apis" }
+-- Aggregated discovery (1.27+: every group's resources in one answer), else the classic
+-- APIGroupList; the kind of the answer says which the server gave.
+local AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,"
+  .. "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
+
+local function discovered_type(group, version, r)
+  local gv = group == "" and version or (group .. "/" .. version)
+  local singular = (r.singular and r.singular ~= "") and r.singular or r.kind:lower()
+  return { group = group, version = version, kind = r.kind, plural = r.plural, singular = singular,
+           namespaced = r.namespaced, short = r.short or {}, api_version = gv,
+           key = group == "" and r.plural or (r.plural .. "." .. group) }
+end
+
+local function remember(found, t)
+  found[t.group .. "/" .. t.kind] = t -- for objects (type_of_object)
+  for _, n in ipairs { t.plural, t.singular, t.kind, t.key, t.kind:lower() } do found[n] = found[n] or t end
+  for _, n in ipairs(t.short) do found[n] = found[n] or t end
+end
+
+-- One group's preferred version, as /apis/<group>/<version> lists it (classic discovery).
+function Client:discover_group_version(found, group, version)
+  local list, e = self:request { path = "/apis/" .. group .. "/" .. version }
+  if not list then return nil, e end
+  for _, r in ipairs(list.resources or {}) do
+    if not r.name:find("/", 1, true) then
+      remember(found, discovered_type(group, version, { plural = r.name, kind = r.kind,
+        singular = r.singularName, namespaced = r.namespaced, short = r.shortNames }))
+    end
+  end
+  return true
+end
+
+local function remember_aggregated(found, list)
+  for _, g in ipairs(list.items or {}) do
+    local v = (g.versions or {})[1] -- the server lists versions in preference order
+    for _, r in ipairs(v and v.resources or {}) do
+      local rk = r.responseKind or {}
+      remember(found, discovered_type(g.metadata and g.metadata.name or "", v.version, { plural = r.resource,
+        kind = rk.kind or r.resource, singular = r.singularResource, namespaced = r.scope == "Namespaced",
+        short = r.shortNames }))
+    end
+  end
+end
+
+-- Discovery only for what the built-in table lacks: asked on the first unknown name, and
+-- again (fresh) on a later one. Concurrent callers share one round.
+function Client:discover(fresh)
+  if self.discovery_done and not fresh then return true end
+  if self.discovering then
+    self.discovering:wait()
+    return self.discovery_done, self.discovery_err
+  end
+  local ev = vq.event()
+  self.discovering = ev
+  local ok, e = self:discover_now()
+  self.discovery_done, self.discovery_err = ok and true or self.discovery_done, e
+  self.discovering = nil
+  ev:set()
+  return ok, e
+end
+
+-- A group that does not answer (an aggregated API whose service is down, as metrics.k8s.io
+-- often is) is left out, as kubectl leaves it out: self.discovery_failed names them.
+function Client:discover_now()
+  local groups, e = self:request { path = "/apis", accept = AGGREGATED }
   if not groups then return nil, e end
-  for _, g in ipairs(groups.groups or {}) do
-    local gv = g.preferredVersion and g.preferredVersion.groupVersion
-    if gv then
-      local list = self:request { path = "/apis/" .. gv }
-      for _, r in ipairs(list and list.resources or {}) do
-        if not r.name:find("/", 1, true) then
-          local group = gv:match("^(.*)/") or ""
-          local t = { group = group, version = gv:match("([^/]+)$"), kind = r.kind, plural = r.name,
-                      singular = r.singularName ~= "" and r.singularName or r.kind:lower(),
-                      namespaced = r.namespaced, short = r.shortNames or {}, api_version = gv,
-                      key = r.name .. "." .. group }
-          for _, n in ipairs { t.plural, t.singular, t.kind, t.key, t.kind:lower() } do
-            self.discovered[n] = self.discovered[n] or t
-          end
-          for _, s in ipairs(t.short) do self.discovered[s] = self.discovered[s] or t end
+  local found, failed = {}, {}
+  if groups.kind == "APIGroupDiscoveryList" then
+    remember_aggregated(found, groups)
+  else
+    local fetches = {}
+    for _, g in ipairs(groups.groups or {}) do
+      local pv = g.preferredVersion and g.preferredVersion.version
+      if pv then
+        fetches[#fetches + 1] = function()
+          local ok, ge = self:discover_group_version(found, g.name, pv)
+          if not ok then failed[#failed + 1] = g.name .. "/" .. pv .. ": " .. tostring(ge and ge.message) end
+          return true
         end
       end
     end
+    vq.all(fetches) -- every group at once: one round trip on an HTTP/2 connection
   end
-  self.discovery_done = true
+  self.discovered, self.discovery_failed = found, failed
   return true
 end
 
