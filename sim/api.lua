@@ -71,34 +71,106 @@ function Api:version_info()
   return info
 end
 
-local function resource_list(registry, gv, minor)
-  local out = array()
+local function types_at(registry, gv, minor)
   local types = {}
   for _, t in ipairs(registry:list()) do
     if t.api_version == gv and resources.served(t, minor) then types[#types + 1] = t end
   end
-  for _, t in ipairs(types) do
+  return types
+end
+
+-- A subresource's kind and verbs as discovery lists them; group and version when they are
+-- not its parent's (kubectl drain evicts only when pods/eviction names policy/v1).
+local function subresource_info(t, sub)
+  local kind, verbs = t.kind, { "get", "patch", "update" }
+  if sub == "scale" then kind = "Scale"
+  elseif sub == "log" then kind, verbs = "Pod", { "get" }
+  elseif sub == "exec" or sub == "attach" or sub == "portforward" then kind, verbs = "PodExecOptions", { "create", "get" }
+  elseif sub == "proxy" then kind, verbs = t.kind .. "ProxyOptions", { "create", "delete", "get", "patch", "update" }
+  elseif sub == "eviction" then kind, verbs = "Eviction", { "create" }
+  elseif sub == "binding" then kind, verbs = "Binding", { "create" } end
+  local group = sub == "scale" and "autoscaling" or sub == "eviction" and "policy" or nil
+  return kind, array(verbs), group, group and "v1" or nil
+end
+
+local function copied_list(list) return list and #list > 0 and array(util.copy(list)) or nil end
+
+local function resource_list(registry, gv, minor)
+  local out = array()
+  for _, t in ipairs(types_at(registry, gv, minor)) do
     out[#out + 1] = {
       name = t.plural, singularName = t.singular, namespaced = t.namespaced, kind = t.kind,
-      verbs = array(util.copy(t.verbs)), shortNames = #t.short > 0 and array(util.copy(t.short)) or nil,
-      categories = t.categories and array(util.copy(t.categories)) or nil,
+      verbs = array(util.copy(t.verbs)), shortNames = copied_list(t.short), categories = copied_list(t.categories),
       storageVersionHash = t.key:sub(1, 12),
     }
     for _, sub in ipairs(t.subresources or {}) do
-      local kind, verbs = t.kind, { "get", "patch", "update" }
-      if sub == "scale" then kind = "Scale"
-      elseif sub == "log" then kind, verbs = "Pod", { "get" }
-      elseif sub == "exec" or sub == "attach" or sub == "portforward" then kind, verbs = "PodExecOptions", { "create", "get" }
-      elseif sub == "proxy" then kind, verbs = t.kind .. "ProxyOptions", { "create", "delete", "get", "patch", "update" }
-      elseif sub == "eviction" then kind, verbs = "Eviction", { "create" }
-      elseif sub == "binding" then kind, verbs = "Binding", { "create" } end
-      -- kubectl drain evicts only when pods/eviction names its group and version
-      local group = sub == "scale" and "autoscaling" or sub == "eviction" and "policy" or nil
+      local kind, verbs, group, version = subresource_info(t, sub)
       out[#out + 1] = { name = t.plural .. "/" .. sub, singularName = "", namespaced = t.namespaced,
-                        kind = kind, verbs = array(verbs), group = group, version = group and "v1" or nil }
+                        kind = kind, verbs = verbs, group = group, version = version }
     end
   end
   return { kind = "APIResourceList", apiVersion = "v1", groupVersion = gv, resources = out }
+end
+
+-- ---- aggregated discovery (KEP-3352) ----
+-- Every group's resources in one answer to GET /api or /apis with an Accept that asks for
+-- an APIGroupDiscoveryList: apidiscovery.k8s.io/v2beta1 from 1.27 (beta, on by default),
+-- v2 from 1.30 (GA; v2beta1 is gone in 1.33). kubectl asks for it first, then falls back.
+
+local AGGREGATED_SERVED = { v2 = { min = 30 }, v2beta1 = { min = 27, max = 32 } }
+
+-- The discovery version the Accept header's first acceptable media range asks for, or nil.
+local function aggregated_version(accept, minor)
+  for range in (accept or ""):gmatch("[^,]+") do
+    local r = range:gsub("%s", "")
+    if r:find("^application/json;") and r:find(";g=apidiscovery.k8s.io", 1, true)
+       and r:find(";as=APIGroupDiscoveryList", 1, true) then
+      local v = r:match(";v=([%w]+)")
+      local served = AGGREGATED_SERVED[v]
+      if served and minor >= served.min and minor <= (served.max or math.huge) then return v end
+    elseif r:find("^application/json") or r:find("^%*/%*") then
+      return nil -- the classic answer comes first in the client's order
+    end
+  end
+end
+
+local function discovery_resource(t)
+  local subs = array()
+  for _, sub in ipairs(t.subresources or {}) do
+    local kind, verbs, group, version = subresource_info(t, sub)
+    subs[#subs + 1] = { subresource = sub, responseKind = { group = group or "", version = version or "", kind = kind }, verbs = verbs }
+  end
+  return {
+    resource = t.plural, responseKind = { group = "", version = "", kind = t.kind },
+    scope = t.namespaced and "Namespaced" or "Cluster", singularResource = t.singular,
+    verbs = array(util.copy(t.verbs)), shortNames = copied_list(t.short), categories = copied_list(t.categories),
+    subresources = #subs > 0 and subs or nil,
+  }
+end
+
+local function discovery_group(registry, minor, name, versions)
+  local out = array()
+  for _, v in ipairs(versions) do
+    local list = array()
+    for _, t in ipairs(types_at(registry, name == "" and v or (name .. "/" .. v), minor)) do
+      list[#list + 1] = discovery_resource(t)
+    end
+    out[#out + 1] = { version = v, resources = list, freshness = "Current" }
+  end
+  return { metadata = { name = name ~= "" and name or nil, creationTimestamp = json.null }, versions = out }
+end
+
+local function send_aggregated(res, registry, minor, version, core)
+  local items = array()
+  if core then
+    items[1] = discovery_group(registry, minor, "", { "v1" })
+  else
+    for _, g in ipairs(registry:groups(minor)) do items[#items + 1] = discovery_group(registry, minor, g.name, g.versions) end
+  end
+  send_json(res, 200, { kind = "APIGroupDiscoveryList", apiVersion = "apidiscovery.k8s.io/" .. version,
+    metadata = {}, items = items },
+    { ["Content-Type"] = "application/json;g=apidiscovery.k8s.io;v=" .. version .. ";as=APIGroupDiscoveryList",
+      Vary = "Accept" })
 end
 
 local function api_group(g)
@@ -190,6 +262,9 @@ function Api:handle(req, res)
   local path = req.path
   if path == "/version" or path == "/version/" then return send_json(res, 200, self:version_info()) end
   if path == "/healthz" or path == "/readyz" or path == "/livez" then return res:send(200, "ok", { ["Content-Type"] = "text/plain" }) end
+  local aggregated = sim.aggregated_discovery and (path == "/api" or path == "/api/" or path == "/apis" or path == "/apis/")
+    and aggregated_version(req.headers.accept, sim:minor())
+  if aggregated then return send_aggregated(res, sim.types, sim:minor(), aggregated, path:sub(1, 5) ~= "/apis") end
   if path == "/api" or path == "/api/" then
     return send_json(res, 200, { kind = "APIVersions", versions = array { "v1" },
       serverAddressByClientCIDRs = array { { clientCIDR = "0.0.0.0/0", serverAddress = "127.0.0.1:" .. (sim.port or 0) } } })

@@ -190,6 +190,8 @@ function M.start(opts)
     types = resources.registry(),
     speed = opts.speed or 1,
     bookmark_interval = opts.bookmark_interval or 1,
+    -- the AggregatedDiscoveryEndpoint feature gate (on by default from 1.27)
+    aggregated_discovery = opts.aggregated_discovery ~= false,
     tasks = {}, stoppers = {},
     admission = {}, subresources = {}, create_handlers = {}, convert = {}, extra_routes = {},
     token = opts.token or ("vqsim-" .. require("sim.util").random_suffix(24)),

@@ -93,8 +93,30 @@ describe("discovery", function()
     assert.matches('resource type "sprockets"', e.message)
   end)
 
-  it("leaves out a group that does not answer, and names it", function()
+  it("takes every group from one aggregated answer where the server gives it", function()
     local c = assert(kube.connect { kubeconfig = sim.spec_kubeconfig, namespace = "default" })
+    local asked = count_discovery(c)
+    assert(c:resource("widgets"))
+    assert.are.equal(1, asked.value)
+  end)
+end)
+
+describe("discovery without the aggregated endpoint", function()
+  local classic, c
+  setup(function()
+    classic = cluster.start { speed = 0.02, modules = { "sim.auth", "sim.core" }, aggregated_discovery = false }
+    c = assert(kube.connect { kubeconfig = classic.spec_kubeconfig, namespace = "default" })
+    assert(c:create(crd("widgets", "Widget", { short = { "wd" } })))
+  end)
+  teardown(function() cluster.finish(classic) end)
+
+  it("asks every group at once", function()
+    local asked = count_discovery(c)
+    assert.are.equal("widgets.example.com", assert(c:resource("wd")).key)
+    assert.is_true(asked.value > 10, "asked " .. asked.value)
+  end)
+
+  it("leaves out a group that does not answer, and names it", function()
     local request = c.request
     c.request = function(self, o)
       if o.path:match("^/apis/example%.com/") then
@@ -102,12 +124,12 @@ describe("discovery", function()
       end
       return request(self, o)
     end
+    local t, e = c:resource("gizmos")
+    c.request = nil
+    assert.is_nil(t)
+    assert.are.equal("unknown_resource", e.code)
+    assert.matches("example.com/v1: the server is currently unable", e.message)
     assert.are.equal("deployments.apps", assert(c:resource("deploy")).key)
-    local t, e = c:resource("widgets")
-    if t == nil then -- classic discovery: the group's own list failed
-      assert.are.equal("unknown_resource", e.code)
-      assert.matches("example.com/v1: the server is currently unable", e.message)
-    end
   end)
 end)
 
