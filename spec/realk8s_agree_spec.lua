@@ -25,8 +25,13 @@ setup(function()
   end
 end)
 
+local GROUP = NS .. ".example.com"
+
 teardown(function()
-  if real then real:delete("ns", NS) end
+  if real then
+    real:delete("ns", NS)
+    for _, plural in ipairs { "widgets", "leases" } do real:delete("crd", plural .. "." .. GROUP) end
+  end
   if sim then sim:stop() end
 end)
 
@@ -143,5 +148,83 @@ describe("the simulator against a real kube-apiserver 1.26", function()
       return out
     end
     assert.are.same(names(a[1]), names(b[1]))
+  end)
+
+  -- ---- custom resources ----
+
+  local function crd(plural, kind, name)
+    return { apiVersion = "apiextensions.k8s.io/v1", kind = "CustomResourceDefinition",
+      metadata = { name = name or (plural .. "." .. GROUP) },
+      spec = { group = GROUP, scope = "Namespaced",
+        names = { plural = plural, singular = kind:lower(), kind = kind, shortNames = { plural:sub(1, 3) .. "x" } },
+        versions = { { name = "v1", served = true, storage = true,
+          schema = { openAPIV3Schema = { type = "object", properties = {
+            spec = { type = "object", properties = { size = { type = "integer", default = 1 } } } } } },
+          subresources = { status = setmetatable({}, json.object_mt) } } } } }
+  end
+
+  local function established(k, name)
+    return k:wait_for("crd", name, function(obj)
+      local conds = obj and obj.status and obj.status.conditions -- null until the controller writes it
+      for _, c in ipairs(type(conds) == "table" and conds or {}) do
+        if c.type == "Established" and c.status == "True" then return true end
+      end
+    end, { timeout = 30 })
+  end
+
+  both("a CRD with the wrong name is the same 422", function(k)
+    return k:create(crd("widgets", "Widget", "wrong.example.com"))
+  end, function(a, b)
+    assert.are.equal(422, a[2].code)
+    assert.are.equal(a[2].code, b[2].code)
+    assert.are.equal(a[2].message, b[2].message)
+  end)
+
+  both("a CRD's resource is discovered with the same names", function(k)
+    assert(k:create(crd("widgets", "Widget")))
+    assert(established(k, "widgets." .. GROUP))
+    local t = assert(k:resource("widx"))
+    local list = assert(k:request { path = "/apis/" .. GROUP .. "/v1" })
+    return t, list
+  end, function(a, b)
+    assert.are.same({ a[1].key, a[1].kind, a[1].singular, a[1].namespaced }, { b[1].key, b[1].kind, b[1].singular, b[1].namespaced })
+    local function entries(list)
+      local out = {}
+      for _, r in ipairs(list.resources) do
+        out[#out + 1] = r.name .. " " .. r.kind .. " " .. table.concat(r.verbs, ",") .. " " .. table.concat(r.shortNames or {}, ",")
+      end
+      table.sort(out)
+      return out
+    end
+    assert.are.same(entries(a[2]), entries(b[2]))
+  end)
+
+  both("a custom resource is pruned, defaulted and patched alike", function(k)
+    local made = assert(k:create { apiVersion = GROUP .. "/v1", kind = "Widget",
+      metadata = { name = "w1", namespace = NS }, spec = { colour = "red" }, status = { ok = true } })
+    local merged = assert(k:patch("widgets/w1", { spec = { size = 3 } }, { namespace = NS, type = "merge" }))
+    local _, smp = k:patch("widgets/w1", { spec = { size = 4 } }, { namespace = NS, type = "strategic" })
+    return made, merged, smp
+  end, function(a, b)
+    assert.are.same(a[1].spec, b[1].spec) -- colour pruned, size defaulted
+    assert.are.equal(a[1].status == nil, b[1].status == nil)
+    assert.are.equal(a[1].metadata.generation, b[1].metadata.generation)
+    assert.are.same(a[2].spec, b[2].spec)
+    assert.are.equal(a[2].metadata.generation, b[2].metadata.generation)
+    assert.are.equal(415, a[3].code)
+    assert.are.equal(a[3].code, b[3].code)
+    assert.are.equal(a[3].message, b[3].message)
+  end)
+
+  both("an object of a CRD whose kind is also built in goes to its own group", function(k)
+    assert(k:create(crd("leases", "Lease")))
+    assert(established(k, "leases." .. GROUP))
+    local mine = assert(k:create { apiVersion = GROUP .. "/v1", kind = "Lease", metadata = { name = "l1", namespace = NS } })
+    local builtin = k:get("leases", "l1", { namespace = NS })
+    return mine.apiVersion, builtin
+  end, function(a, b)
+    assert.are.equal(a[1], b[1])
+    assert.is_nil(a[2])
+    assert.is_nil(b[2])
   end)
 end)
