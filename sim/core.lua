@@ -459,14 +459,9 @@ end
 
 local function dependents_of(sim, owner_uid)
   local out = {}
-  for _, t in ipairs(sim.types:list()) do
-    if not t.shared_with then
-      for _, obj in ipairs(sim.store:list(resources.store_key(t), nil)) do
-        for _, ref in ipairs(obj.metadata.ownerReferences or {}) do
-          if ref.uid == owner_uid then out[#out + 1] = { t = t, obj = obj } end
-        end
-      end
-    end
+  for _, pair in ipairs(sim.store:owned_by(owner_uid)) do
+    local t = sim.types:get(pair[1])
+    if t then out[#out + 1] = { t = t, obj = pair[2] } end
   end
   return out
 end

@@ -22,6 +22,7 @@ function M.new(opts)
     window = opts.window or 10000,
     watchers = {},
     hooks = {},            -- in-process observers (controllers): fn(event)
+    owned = {},            -- owned[owner uid]["key|ns/name"] = {key, ns, name}: garbage collection
   }, Store)
 end
 
@@ -71,6 +72,40 @@ function Store:record(ev)
   for w in pairs(self.watchers) do w:offer(ev) end
 end
 
+local function owner_refs(obj)
+  local refs = obj and obj.metadata.ownerReferences
+  return type(refs) == "table" and refs or {}
+end
+
+-- Keep owned[] in step with a write: old's references out, new's in.
+local function index_owners(self, key, k, old, new)
+  for _, ref in ipairs(owner_refs(old)) do
+    local set = self.owned[ref.uid]
+    if set then
+      set[key .. "|" .. k] = nil
+      if next(set) == nil then self.owned[ref.uid] = nil end
+    end
+  end
+  for _, ref in ipairs(owner_refs(new)) do
+    if ref.uid then
+      local set = self.owned[ref.uid] or {}
+      self.owned[ref.uid] = set
+      set[key .. "|" .. k] = { key, new.metadata.namespace, new.metadata.name }
+    end
+  end
+end
+
+--- The objects whose ownerReferences name uid, as {key, object} pairs in key order.
+function Store:owned_by(uid)
+  local out = {}
+  for at, where in pairs(self.owned[uid] or {}) do
+    local obj = self:get(where[1], where[2], where[3])
+    if obj then out[#out + 1] = { where[1], obj, at } end
+  end
+  table.sort(out, function(a, b) return a[3] < b[3] end)
+  return out
+end
+
 --- Store obj (a new table) under key; sets its resourceVersion. Returns it.
 function Store:put(key, obj, event_type)
   local meta = obj.metadata
@@ -79,6 +114,7 @@ function Store:put(key, obj, event_type)
   local old = self.objects[key][k]
   meta.resourceVersion = tostring(self:bump())
   self.objects[key][k] = obj
+  index_owners(self, key, k, old, obj)
   self:record { rv = self.rv, key = key, type = event_type or (old and "MODIFIED" or "ADDED"), object = obj, old = old }
   return obj
 end
@@ -89,6 +125,7 @@ function Store:remove(key, obj)
   local old = self.objects[key] and self.objects[key][k]
   if not old then return nil end
   self.objects[key][k] = nil
+  index_owners(self, key, k, old, nil)
   -- A deleted object's last version carries the deletion's resourceVersion.
   local final = {}
   for f, v in pairs(obj) do final[f] = v end
