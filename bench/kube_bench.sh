@@ -36,6 +36,9 @@ for _ in $(seq $RUNS); do wall "$VQLUA" -e "assert(require('vq.kube').connect{ku
 echo "kubectl $(cat "$tmp/k1")s $(rss_kb $KUBECTL --kubeconfig "$KC" get ns default -o json) KB | vqlua $(cat "$tmp/v1")s $(rss_kb "$VQLUA" -e "assert(require('vq.kube').connect{kubeconfig='$KC'}:get('ns','default'))") KB | ratio $(echo "$(cat "$tmp/k1") / $(cat "$tmp/v1")" | bc -l | cut -c1-5)x"
 
 echo "== 30 operations: one vqlua process against a bash script of kubectl calls"
-for i in $(seq 3); do wall bench/kube_ops.sh "$KUBECTL" "$KC" "bench-k$i-$$"; done | median > "$tmp/k30"
-for i in $(seq 3); do wall "$VQLUA" bench/kube_ops.lua "$KC" "bench-v$i-$$"; done | median > "$tmp/v30"
+for i in $(seq $RUNS); do wall bench/kube_ops.sh "$KUBECTL" "$KC" "bench-k$i-$$"; done | median > "$tmp/k30"
+for i in $(seq $RUNS); do wall "$VQLUA" bench/kube_ops.lua "$KC" "bench-v$i-$$" "$tmp/split"; done | median > "$tmp/v30"
 echo "kubectl script $(cat "$tmp/k30")s | vqlua $(cat "$tmp/v30")s | ratio $(echo "$(cat "$tmp/k30") / $(cat "$tmp/v30")" | bc -l | cut -c1-5)x (target >= 25x)"
+# The last step waits for the server to finish the rollout the scales started; kubectl's
+# script reaches it seconds later, when it is over. What the client spends, apart from that:
+echo "vqlua inside the process: 29 operations $(cut -d' ' -f1 "$tmp/split" | median) ms, waiting for the rollout $(cut -d' ' -f2 "$tmp/split" | median) ms (medians)"

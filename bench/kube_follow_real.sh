@@ -12,20 +12,24 @@ NS=${NS:-seed-1}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-measure() { # name command...: run for SECONDS_EACH, then report CPU seconds and peak RSS of the whole group
+# name command...: run for SECONDS_EACH, then report lines, CPU seconds, peak RSS and private
+# memory (what the process holds beyond shared library pages), summed over the group.
+measure() {
   local name=$1; shift
   setsid "$@" > "$tmp/$name.out" 2>/dev/null &
   local pid=$!
   sleep "$SECONDS_EACH"
-  local cpu=0 rss=0
+  local cpu=0 rss=0 uss=0
   for p in $(pgrep -g "$pid"); do
     read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat")
     cpu=$((cpu + u + s))
     rss=$((rss + $(awk '/VmHWM/ {print $2}' "/proc/$p/status")))
+    uss=$((uss + $(awk '/^Private_(Clean|Dirty)/ {t += $2} END {print t}' "/proc/$p/smaps_rollup")))
   done
   kill -- -"$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  echo "$name: $(wc -l < "$tmp/$name.out") lines, cpu $(echo "scale=2; $cpu / 100" | bc) s, peak RSS $((rss / 1024)) MB"
+  echo "$name: $(wc -l < "$tmp/$name.out") lines, cpu $(echo "scale=2; $cpu / 100" | bc) s," \
+    "peak RSS $(echo "scale=1; $rss / 1024" | bc) MB, private $(echo "scale=1; $uss / 1024" | bc) MB"
 }
 
 measure vqlua "$VQLUA" -e "
