@@ -57,65 +57,81 @@ return function(kube, Client)
       ["kubectl.kubernetes.io/restartedAt"] = stamp } } } } }, { namespace = opts.namespace, type = "strategic" })
   end
 
+  -- kubectl's status viewers (polymorphichelpers/rollout_status.go), one per kind: each
+  -- returns message, done, or nil, err for a hopeless state.
+  local viewers = {}
+
+  function viewers.Deployment(name, spec, st, gen)
+    if gen > (st.observedGeneration or 0) then return "Waiting for deployment spec update to be observed...", false end
+    for _, c in ipairs(st.conditions or {}) do
+      if c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded" then
+        return nil, err("rollout", ('deployment "%s" exceeded its progress deadline'):format(name))
+      end
+    end
+    local want, updated = spec.replicas or 1, st.updatedReplicas or 0
+    local waiting = 'Waiting for deployment "' .. name .. '" rollout to finish: '
+    if updated < want then
+      return waiting .. ("%d out of %d new replicas have been updated..."):format(updated, want), false
+    end
+    if (st.replicas or 0) > updated then
+      return waiting .. ("%d old replicas are pending termination..."):format(st.replicas - updated), false
+    end
+    if (st.availableReplicas or 0) < updated then
+      return waiting .. ("%d of %d updated replicas are available..."):format(st.availableReplicas or 0, updated), false
+    end
+    return ('deployment "%s" successfully rolled out'):format(name), true
+  end
+
+  local function rolling_update_only(spec)
+    if (spec.updateStrategy or {}).type ~= "RollingUpdate" then
+      return err("rollout", "rollout status is only available for RollingUpdate strategy type")
+    end
+  end
+
+  function viewers.DaemonSet(name, spec, st, gen)
+    local bad = rolling_update_only(spec)
+    if bad then return nil, bad end
+    if gen > (st.observedGeneration or 0) then return "Waiting for daemon set spec update to be observed...", false end
+    local desired, waiting = st.desiredNumberScheduled or 0, 'Waiting for daemon set "' .. name .. '" rollout to finish: '
+    if (st.updatedNumberScheduled or 0) < desired then
+      return waiting .. ("%d out of %d new pods have been updated..."):format(st.updatedNumberScheduled or 0, desired), false
+    end
+    if (st.numberAvailable or 0) < desired then
+      return waiting .. ("%d of %d updated pods are available..."):format(st.numberAvailable or 0, desired), false
+    end
+    return ('daemon set "%s" successfully rolled out'):format(name), true
+  end
+
+  local function partitioned(st, want, partition)
+    if (st.updatedReplicas or 0) < want - partition then
+      return ("Waiting for partitioned roll out to finish: %d out of %d new pods have been updated..."):format(st.updatedReplicas or 0, want - partition), false
+    end
+    return ("partitioned roll out complete: %d new pods have been updated..."):format(st.updatedReplicas or 0), true
+  end
+
+  function viewers.StatefulSet(_, spec, st, gen)
+    local bad = rolling_update_only(spec)
+    if bad then return nil, bad end
+    if (st.observedGeneration or 0) == 0 or gen > st.observedGeneration then
+      return "Waiting for statefulset spec update to be observed...", false
+    end
+    local want = spec.replicas or 1
+    if (st.readyReplicas or 0) < want then
+      return ("Waiting for %d pods to be ready..."):format(want - (st.readyReplicas or 0)), false
+    end
+    local partition = spec.updateStrategy.rollingUpdate and spec.updateStrategy.rollingUpdate.partition
+    if partition and partition > 0 then return partitioned(st, want, partition) end
+    if st.updateRevision ~= st.currentRevision then
+      return ("waiting for statefulset rolling update to complete %d pods at revision %s..."):format(st.updatedReplicas or 0, tostring(st.updateRevision)), false
+    end
+    return ("statefulset rolling update complete %d pods at revision %s..."):format(st.currentReplicas or 0, tostring(st.currentRevision)), true
+  end
+
   --- kubectl's status viewers: returns message, done, or nil, err for a hopeless state.
   function kube.rollout_state(kind, obj)
-    local spec, st, gen = obj.spec or {}, obj.status or {}, obj.metadata.generation or 0
-    local name = obj.metadata.name
-    if kind == "Deployment" then
-      if gen > (st.observedGeneration or 0) then return "Waiting for deployment spec update to be observed...", false end
-      for _, c in ipairs(st.conditions or {}) do
-        if c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded" then
-          return nil, err("rollout", ('deployment "%s" exceeded its progress deadline'):format(name))
-        end
-      end
-      local want = spec.replicas or 1
-      if (st.updatedReplicas or 0) < want then
-        return ('Waiting for deployment "%s" rollout to finish: %d out of %d new replicas have been updated...'):format(name, st.updatedReplicas or 0, want), false
-      end
-      if (st.replicas or 0) > (st.updatedReplicas or 0) then
-        return ('Waiting for deployment "%s" rollout to finish: %d old replicas are pending termination...'):format(name, st.replicas - st.updatedReplicas), false
-      end
-      if (st.availableReplicas or 0) < (st.updatedReplicas or 0) then
-        return ('Waiting for deployment "%s" rollout to finish: %d of %d updated replicas are available...'):format(name, st.availableReplicas or 0, st.updatedReplicas), false
-      end
-      return ('deployment "%s" successfully rolled out'):format(name), true
-    elseif kind == "DaemonSet" then
-      if (spec.updateStrategy or {}).type ~= "RollingUpdate" then
-        return nil, err("rollout", "rollout status is only available for RollingUpdate strategy type")
-      end
-      if gen > (st.observedGeneration or 0) then return "Waiting for daemon set spec update to be observed...", false end
-      local desired = st.desiredNumberScheduled or 0
-      if (st.updatedNumberScheduled or 0) < desired then
-        return ('Waiting for daemon set "%s" rollout to finish: %d out of %d new pods have been updated...'):format(name, st.updatedNumberScheduled or 0, desired), false
-      end
-      if (st.numberAvailable or 0) < desired then
-        return ('Waiting for daemon set "%s" rollout to finish: %d of %d updated pods are available...'):format(name, st.numberAvailable or 0, desired), false
-      end
-      return ('daemon set "%s" successfully rolled out'):format(name), true
-    elseif kind == "StatefulSet" then
-      if (spec.updateStrategy or {}).type ~= "RollingUpdate" then
-        return nil, err("rollout", "rollout status is only available for RollingUpdate strategy type")
-      end
-      if (st.observedGeneration or 0) == 0 or gen > st.observedGeneration then
-        return "Waiting for statefulset spec update to be observed...", false
-      end
-      local want = spec.replicas or 1
-      if (st.readyReplicas or 0) < want then
-        return ("Waiting for %d pods to be ready..."):format(want - (st.readyReplicas or 0)), false
-      end
-      local partition = spec.updateStrategy.rollingUpdate and spec.updateStrategy.rollingUpdate.partition
-      if partition and partition > 0 then
-        if (st.updatedReplicas or 0) < want - partition then
-          return ("Waiting for partitioned roll out to finish: %d out of %d new pods have been updated..."):format(st.updatedReplicas or 0, want - partition), false
-        end
-        return ("partitioned roll out complete: %d new pods have been updated..."):format(st.updatedReplicas or 0), true
-      end
-      if st.updateRevision ~= st.currentRevision then
-        return ("waiting for statefulset rolling update to complete %d pods at revision %s..."):format(st.updatedReplicas or 0, tostring(st.updateRevision)), false
-      end
-      return ("statefulset rolling update complete %d pods at revision %s..."):format(st.currentReplicas or 0, tostring(st.currentRevision)), true
-    end
-    return nil, err("rollout", "no status viewer for " .. tostring(kind))
+    local viewer = viewers[kind]
+    if not viewer then return nil, err("rollout", "no status viewer for " .. tostring(kind)) end
+    return viewer(obj.metadata.name, obj.spec or {}, obj.status or {}, obj.metadata.generation or 0)
   end
 
   --- Watch until the rollout completes (kubectl rollout status); progress goes to
