@@ -73,16 +73,20 @@ describe("a flaky apiserver", function()
     assert.are.equal(1, #list)
     sim.faults:add { kind = "watch-410", count = 1 }
     local events, state = k:watch("configmaps", { namespace = "default", labels = "w=410", resource_version = meta.resourceVersion })
-    vq.spawn(function() vq.sleep(0.05) k:create(configmap("after-410", { w = "410" })) end)
-    local names = {}
+    local names, relisted = {}, {}
     vq.timeout(10, function()
       for ev in events do
         names[ev.object.metadata.name] = ev.type
+        relisted[ev.object.metadata.name] = ev.relisted or false
+        -- the re-list brought the old one: a new one now comes through the new stream
+        if ev.object.metadata.name == "before-410" then vq.spawn(function() k:create(configmap("after-410", { w = "410" })) end) end
         if names["after-410"] then break end
       end
     end)
     state.close()
     assert.are.equal("ADDED", names["after-410"])
+    assert.is_true(relisted["before-410"]) -- from the re-list after the expiry
+    assert.is_false(relisted["after-410"]) -- from the stream
   end)
 
   it("bounds a slow server with the request timeout", function()

@@ -460,137 +460,148 @@ end
 -- client-go's reflector backoff: 800 ms doubling to 30 s, reset after a healthy stream.
 local function backoff(n) return math.min(0.8 * 2 ^ (n - 1), 30) end
 
+-- A watch that outlives its streams: a resourceVersion that expired (an ERROR event with
+-- a 410 Status, or HTTP 410) is re-listed into the events that bring the caller up to
+-- date, a dropped connection resumes from the last version, failures back off as
+-- client-go's reflector does.
+local Watch = {}
+Watch.__index = Watch
+
+local function object_key(obj) return obj.metadata.uid or ((obj.metadata.namespace or "") .. "/" .. obj.metadata.name) end
+
+function Watch:relist()
+  local o, known = self.o, self.known
+  local items, meta = self.client:list(self.t.key, { namespace = self.ns, labels = o.labels, fields = o.fields, all_namespaces = o.all_namespaces })
+  if not items then return nil, meta end
+  local seen = {}
+  for _, obj in ipairs(items) do
+    local k = object_key(obj)
+    seen[k] = true
+    if known[k] ~= obj.metadata.resourceVersion then
+      self.pending[#self.pending + 1] = { type = known[k] and "MODIFIED" or "ADDED", object = obj, relisted = self.listed }
+      known[k] = obj.metadata.resourceVersion
+    end
+  end
+  for k in pairs(known) do
+    if not seen[k] then
+      self.pending[#self.pending + 1] = { type = "DELETED", object = { metadata = { uid = k } }, relisted = true }
+      known[k] = nil
+    end
+  end
+  self.rv, self.listed = meta.resourceVersion, true
+  return true
+end
+
+function Watch:open()
+  local o = self.o
+  local q = list_query(o, { watch = "true", resourceVersion = self.rv, allowWatchBookmarks = o.bookmarks ~= false and "true" or nil,
+                            timeoutSeconds = o.server_timeout or 300 })
+  q.limit = nil
+  local head, e = self.client:request { path = self.client:path(self.t, self.ns), query = q, stream = true, verb = "watch",
+    resource = self.t.plural, namespace = self.ns }
+  if not head then return nil, e end
+  self.stream = head.stream
+  self.lines, self.lines_state = http.lines(head.stream)
+  return true
+end
+
+function Watch:close_stream()
+  if self.stream then self.stream:close() self.stream = nil end
+end
+
+-- After a failure: true to try again (after the backoff), false to give up (state.err
+-- says why). Only failures to list or to open count against max_failures.
+function Watch:retry(e)
+  self.failures = self.failures + 1
+  if e and self.failures > (self.o.max_failures or 8) then self.state.err = e return false end
+  local ok, se = vq.sleep(backoff(self.failures))
+  if not ok then self.state.err = se end
+  return ok and true or false
+end
+
+-- Open a stream (re-listing first when there is no version to resume from): whether to
+-- go on.
+function Watch:connect()
+  if self.rv == nil then
+    local ok, e = self:relist()
+    if not ok then return self:retry(e) end
+    if #self.pending > 0 then return true end
+  end
+  local ok, e = self:open()
+  if ok then return true end
+  if e.code == 410 then self.rv = nil return true end
+  return self:retry(e)
+end
+
+-- The next line, or nil and true when the watch's own timeout ran out.
+function Watch:next_line()
+  if not self.deadline then return self.lines() end
+  local r = table.pack(vq.timeout(math.max(0, self.deadline - vq.now()), self.lines))
+  if r[1] == nil and r[2] and r[2].code == "timeout" then self:close_stream() return nil, true end
+  return r[1]
+end
+
+-- What a decoded event means: the event for the caller, or nil and whether to go on.
+function Watch:event(ev)
+  if ev.type == "ERROR" then
+    self:close_stream()
+    if (ev.object or {}).code == 410 then self.rv = nil return nil, true end
+    return nil, self:retry(nil)
+  elseif ev.type == "BOOKMARK" then
+    self.rv = ev.object.metadata.resourceVersion
+    if self.o.yield_bookmarks then return ev end
+    return nil, true
+  end
+  self.failures = 0
+  self.rv = ev.object.metadata.resourceVersion
+  local k = object_key(ev.object)
+  if ev.type == "DELETED" then self.known[k] = nil else self.known[k] = self.rv end
+  return ev
+end
+
+-- The next event from the open stream, or nil and whether to go on.
+function Watch:read()
+  local line, out_of_time = self:next_line()
+  if out_of_time then return nil, false end
+  if not line then
+    self:close_stream() -- the server ended the watch or the connection dropped: resume from rv
+    local le = self.lines_state and self.lines_state.err
+    if le and (le.code == "timeout" or le.code == "cancelled") then self.state.err = le return nil, false end
+    return nil, true
+  end
+  local ev = line ~= "" and json.decode(line)
+  if type(ev) ~= "table" then return nil, true end
+  return self:event(ev)
+end
+
+function Watch:next()
+  while not self.state.closed do
+    if #self.pending > 0 then return table.remove(self.pending, 1) end
+    if self.deadline and vq.now() >= self.deadline then return nil end
+    local ev, go_on
+    if self.stream then ev, go_on = self:read() else go_on = self:connect() end
+    if ev then return ev end
+    if not go_on then return nil end
+  end
+end
+
 --- Watch a type. opts: namespace, labels, fields, resource_version (default: list first
 --- and watch from there), bookmarks (default true), timeout. Returns an iterator of
---- events {type, object}; an expired version (410) or a dropped connection re-lists
---- (yielding SYNC events for what changed while away) and resumes, as the reflector does.
+--- events {type, object}; a dropped connection resumes from the last version, an expired
+--- one (410) re-lists and yields what changed while away as ADDED, MODIFIED and DELETED
+--- events marked relisted, as the reflector does.
 function Client:watch(res, opts)
-  local t, _, o = ref_args(self, res, nil, opts)
-  if not t then error(_) end
-  local ns = self:ns_for(t, o)
-  local rv = o.resource_version
-  local known = {}            -- uid -> resourceVersion, to turn a re-list into events
-  local pending = {}
-  local stream, lines, lines_state
-  local failures = 0
-  local state = { closed = false }
-  local deadline = o.timeout and (vq.now() + o.timeout)
-
-  local function key(obj) return obj.metadata.uid or ((obj.metadata.namespace or "") .. "/" .. obj.metadata.name) end
-
-  local function relist()
-    local items, meta = self:list(t.key, { namespace = ns, labels = o.labels, fields = o.fields, all_namespaces = o.all_namespaces })
-    if not items then return nil, meta end
-    local seen = {}
-    for _, obj in ipairs(items) do
-      local k = key(obj)
-      seen[k] = true
-      if known[k] ~= obj.metadata.resourceVersion then
-        pending[#pending + 1] = { type = known[k] and "MODIFIED" or "ADDED", object = obj, relisted = rv ~= nil }
-        known[k] = obj.metadata.resourceVersion
-      end
-    end
-    for k in pairs(known) do
-      if not seen[k] then
-        pending[#pending + 1] = { type = "DELETED", object = { metadata = { uid = k } }, relisted = true }
-        known[k] = nil
-      end
-    end
-    rv = meta.resourceVersion
-    return true
+  local t, e, o = ref_args(self, res, nil, opts)
+  if not t then error(e) end
+  local w = setmetatable({ client = self, t = t, o = o, ns = self:ns_for(t, o), rv = o.resource_version,
+    listed = o.resource_version ~= nil, -- a list from here on re-lists what the caller had
+    known = {}, pending = {}, failures = 0, state = { closed = false },
+    deadline = o.timeout and (vq.now() + o.timeout) }, Watch) -- known: uid -> resourceVersion
+  function w.state.close()
+    w.state.closed = true
+    w:close_stream()
   end
-
-  local function open()
-    local q = list_query(o, { watch = "true", resourceVersion = rv, allowWatchBookmarks = o.bookmarks ~= false and "true" or nil,
-                              timeoutSeconds = o.server_timeout or 300 })
-    q.limit = nil
-    local head, e = self:request { path = self:path(t, ns), query = q, stream = true, verb = "watch", resource = t.plural, namespace = ns }
-    if not head then return nil, e end
-    stream = head.stream
-    lines, lines_state = http.lines(stream)
-    return true
-  end
-
-  local function close()
-    if stream then stream:close() stream = nil end
-  end
-  state.close = function() state.closed = true close() end
-
-  -- Back off before trying again; false when a vq.timeout around the watch ran out.
-  local function pause()
-    local ok, e = vq.sleep(backoff(failures))
-    if not ok then state.err = e end
-    return ok
-  end
-
-  local function next_event()
-    while not state.closed do
-      if #pending > 0 then return table.remove(pending, 1) end
-      if deadline and vq.now() >= deadline then return nil end
-      if not stream then
-        if rv == nil then
-          local ok, e = relist()
-          if not ok then
-            failures = failures + 1
-            if failures > (o.max_failures or 8) then state.err = e return nil end
-            if not pause() then return nil end
-            goto continue
-          end
-          if #pending > 0 then goto continue end
-        end
-        local ok, e = open()
-        if not ok then
-          if e.code == 410 then rv = nil goto continue end
-          failures = failures + 1
-          if failures > (o.max_failures or 8) then state.err = e return nil end
-          if not pause() then return nil end
-          goto continue
-        end
-      end
-      do
-        local line
-        if deadline then
-          local r = table.pack(vq.timeout(math.max(0, deadline - vq.now()), lines))
-          line = r[1]
-          if line == nil and r[2] and r[2].code == "timeout" then close() return nil end
-        else
-          line = lines()
-        end
-        if not line then
-          close() -- the server ended the watch or the connection dropped: resume from rv
-          local le = lines_state and lines_state.err
-          if le and (le.code == "timeout" or le.code == "cancelled") then state.err = le return nil end
-          goto continue
-        end
-        if line ~= "" then
-          local ev = json.decode(line)
-          if type(ev) == "table" then
-            if ev.type == "ERROR" then
-              close()
-              local st = ev.object or {}
-              if st.code == 410 then
-                rv = nil
-              else
-                failures = failures + 1
-                if not pause() then return nil end
-              end
-            elseif ev.type == "BOOKMARK" then
-              rv = ev.object.metadata.resourceVersion
-              if o.yield_bookmarks then return ev end
-            else
-              failures = 0
-              rv = ev.object.metadata.resourceVersion
-              local k = key(ev.object)
-              if ev.type == "DELETED" then known[k] = nil else known[k] = rv end
-              return ev
-            end
-          end
-        end
-      end
-      ::continue::
-    end
-  end
-  return next_event, state, nil, kube.closing(state)
+  return function() return w:next() end, w.state, nil, kube.closing(w.state)
 end
 
 -- ---- writing ----
