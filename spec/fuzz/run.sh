@@ -12,6 +12,7 @@ for fuzzer in "$BUILD"/*_fuzz; do
     yaml*) cp "$top"/spec/fixtures/yaml/*.yaml "$corpus"/ 2>/dev/null || true ;;
     properties) cp "$top"/spec/fixtures/tools/targetCluster/cluster.properties "$corpus"/ ;;
     pem*) cp "$top"/spec/fixtures/tls/* "$corpus"/ 2>/dev/null || true ;;
+    base64) printf "Zm9vYmFy" > "$corpus"/plain; printf "Zm9v\nYmE=" > "$corpus"/padded ;;
   esac
   echo "== $name for ${SECONDS_EACH}s"
   (cd "$BUILD" && ./"$(basename "$fuzzer")" -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 "$corpus")
