@@ -1,16 +1,11 @@
 -- Client:exec against the simulator's pods/exec: WebSocket v5 (Kubernetes 1.30+) and v4.
 local vq = require "vq"
 local kube = require "vq.kube"
+local cluster = require "spec.support.cluster"
 
 local has_exec = package.searchpath("sim.exec", package.path) ~= nil
 local MODULES = { "sim.auth", "sim.core", "sim.logs", "sim.exec" }
 local NS = "default"
-
-local function tmp()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
 
 --- A pod on node-1 whose containers run (or are in the given states).
 local function pod(sim, name, o)
@@ -28,19 +23,17 @@ local function pod(sim, name, o)
   return assert(sim:update_status("pods", copy))
 end
 
-local function cluster(version)
+local function start(version)
   local c = {}
-  c.sim = require("sim").start { speed = 0.02, version = version, modules = MODULES }
-  c.kubeconfig = c.sim:write_kubeconfig(tmp())
-  c.k = assert(kube.connect { kubeconfig = c.kubeconfig })
+  c.sim = cluster.start { speed = 0.02, version = version, modules = MODULES }
+  c.k = assert(kube.connect { kubeconfig = c.sim.spec_kubeconfig })
   pod(c.sim, "box")
   return c
 end
 
 local function stop(c)
   if not c then return end
-  c.sim:stop()
-  os.remove(c.kubeconfig)
+  cluster.finish(c.sim)
 end
 
 local describe_exec = has_exec and describe or function(name) pending(name .. " (sim/exec.lua is not there yet)") end
@@ -49,7 +42,7 @@ describe_exec("Client:exec over v5.channel.k8s.io", function()
   local c, k
 
   setup(function()
-    c = cluster()
+    c = start()
     k = c.k
     pod(c.sim, "two", { containers = { "main", "sidecar" } })
     pod(c.sim, "starting", { states = { app = { waiting = { reason = "ContainerCreating" } } } })
@@ -191,7 +184,7 @@ describe_exec("Client:exec over v4.channel.k8s.io (Kubernetes before 1.30)", fun
   local c, k
 
   setup(function()
-    c = cluster("v1.27.16")
+    c = start("v1.27.16")
     k = c.k
   end)
 

@@ -3,6 +3,7 @@
 -- an exec credential plugin renews.
 local vq = require "vq"
 local kube = require "vq.kube"
+local cluster = require "spec.support.cluster"
 
 local sim, kc, k
 
@@ -11,15 +12,12 @@ local function configmap(name, labels)
 end
 
 setup(function()
-  sim = require("sim").start { modules = { "sim.auth", "sim.core", "sim.faults" } }
-  kc = sim:write_kubeconfig(os.tmpname())
+  sim = cluster.start { modules = { "sim.auth", "sim.core", "sim.faults" } }
+  kc = sim.spec_kubeconfig
   k = assert(kube.connect { kubeconfig = kc })
 end)
 
-teardown(function()
-  sim:stop()
-  os.remove(kc)
-end)
+teardown(function() cluster.finish(sim) end)
 
 after_each(function() sim.faults:clear() end)
 
@@ -103,9 +101,7 @@ describe("an expired token", function()
 
   it("runs the exec credential plugin again on 401, once", function()
     if not has_proc then pending("vq.proc not built") return end
-    local dir = os.tmpname()
-    os.remove(dir)
-    os.execute("mkdir -p " .. dir)
+    local dir = require("spec.support.run").tmpdir()
     -- the plugin hands out the simulator's token and counts its runs
     local plugin = dir .. "/plugin.sh"
     local f = assert(io.open(plugin, "w"))

@@ -3,6 +3,7 @@
 local vq = require "vq"
 local kube = require "vq.kube"
 local util = require "sim.util"
+local cluster = require "spec.support.cluster"
 
 local NS = "default"
 local sim, k
@@ -34,11 +35,11 @@ local function writer(name, container, from, to, pause)
 end
 
 setup(function()
-  sim = require("sim").start { speed = 0.02, modules = { "sim.auth", "sim.core", "sim.logs" } }
-  k = assert(kube.connect { kubeconfig = sim:write_kubeconfig(os.tmpname()) })
+  sim = cluster.start { speed = 0.02, modules = { "sim.auth", "sim.core", "sim.logs" } }
+  k = assert(kube.connect { kubeconfig = sim.spec_kubeconfig })
 end)
 
-teardown(function() sim:stop() end)
+teardown(function() cluster.finish(sim) end)
 
 describe("k:logs", function()
   it("reads the tail and the whole log", function()

@@ -1,26 +1,18 @@
 local vq = require "vq"
 local kube = require "vq.kube"
 local json = require "json"
+local cluster = require "spec.support.cluster"
 
 local sim, k, kc
 
-local function tmp()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
-
 setup(function()
-  sim = require("sim").start { speed = 0.02, modules = { "sim.auth", "sim.core" } }
-  kc = sim:write_kubeconfig(tmp())
+  sim = cluster.start { speed = 0.02, modules = { "sim.auth", "sim.core" } }
+  kc = sim.spec_kubeconfig
   k = assert(kube.connect { kubeconfig = kc })
   assert(k:create { apiVersion = "v1", kind = "Namespace", metadata = { name = "vantiq" } })
 end)
 
-teardown(function()
-  sim:stop()
-  os.remove(kc)
-end)
+teardown(function() cluster.finish(sim) end)
 
 local function configmap(name, data, labels)
   return { apiVersion = "v1", kind = "ConfigMap", metadata = { name = name, namespace = "vantiq", labels = labels }, data = data or { k = "v" } }
@@ -207,18 +199,13 @@ describe("kube client", function()
   end)
 
   it("refuses a wrong token with 401", function()
-    local bad = tmp()
     local f = assert(io.open(kc))
     local text = f:read("a")
+    f:close()
     local at = text:find(sim.token, 1, true)
-    text = text:sub(1, at - 1) .. "not-the-token" .. text:sub(at + #sim.token)
-    f:close()
-    f = assert(io.open(bad, "w"))
-    f:write(text)
-    f:close()
+    local bad = cluster.file(sim, "bad-kubeconfig", text:sub(1, at - 1) .. "not-the-token" .. text:sub(at + #sim.token))
     local c = assert(kube.connect { kubeconfig = bad })
     local _, e = c:get("ns", "vantiq")
-    os.remove(bad)
     assert.are.equal(401, e.code)
   end)
 

@@ -107,9 +107,7 @@ describe("exec credential plugins", function()
 
   it("runs the plugin with KUBERNETES_EXEC_INFO and caches the token", function()
     if not has_proc then pending("vq.proc not built yet") return end
-    local dir = os.tmpname()
-    os.remove(dir)
-    os.execute("mkdir -p " .. dir)
+    local dir = require("spec.support.run").tmpdir()
     local cmd = plugin(dir, [[
 echo "$KUBERNETES_EXEC_INFO" > ]] .. dir .. [[/info.json
 echo run >> ]] .. dir .. [[/runs

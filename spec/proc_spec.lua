@@ -50,9 +50,7 @@ local function fd_count()
   return n
 end
 
-local function tmpdir()
-  return assert(uv.fs_mkdtemp("/tmp/vq-proc-XXXXXX"))
-end
+local tmpdir = run.tmpdir
 
 local function write_file(path, text, mode)
   local f = assert(io.open(path, "w"))

@@ -4,6 +4,7 @@
 local vq = require "vq"
 local kube = require "vq.kube"
 local json = require "json"
+local cluster = require "spec.support.cluster"
 
 local STATE = os.getenv("REALK8S_STATE") or "/tmp/realk8s"
 local real, simk, sim, skip_reason
@@ -15,8 +16,8 @@ setup(function()
   f:close()
   real = kube.connect { kubeconfig = STATE .. "/kubeconfig", timeout = 5 }
   if not (real and real:version()) then skip_reason = "realk8s is not reachable" return end
-  sim = require("sim").start { version = "v1.26.0", speed = 0.02, modules = { "sim.auth", "sim.core", "sim.openapi", "sim.controllers" } }
-  simk = assert(kube.connect { kubeconfig = sim:write_kubeconfig(os.tmpname()) })
+  sim = cluster.start { version = "v1.26.0", speed = 0.02, modules = { "sim.auth", "sim.core", "sim.openapi", "sim.controllers" } }
+  simk = assert(kube.connect { kubeconfig = sim.spec_kubeconfig })
   for _, k in ipairs { real, simk } do
     assert(k:create { apiVersion = "v1", kind = "Namespace", metadata = { name = NS } })
     if k == simk then
@@ -32,7 +33,7 @@ teardown(function()
     real:delete("ns", NS)
     for _, plural in ipairs { "widgets", "leases" } do real:delete("crd", plural .. "." .. GROUP) end
   end
-  if sim then sim:stop() end
+  if sim then cluster.finish(sim) end
 end)
 
 -- Run fn against both and hand the two results to check.

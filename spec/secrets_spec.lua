@@ -7,6 +7,7 @@ local secrets = require "vq.secrets"
 local repl = require "vq.repl"
 local base64 = require "vq.base64"
 local run = require "spec.support.run"
+local cluster = require "spec.support.cluster"
 
 local FIXTURES = "spec/fixtures/tools"
 local SENSITIVE = "/targetCluster/deploy/sensitive/"
@@ -42,10 +43,9 @@ local temps = {}
 -- A copy of the fixture tools dir (git keeps no modes: the secret files get 0600), with a
 -- broken variant's files laid over it.
 local function tools_copy(variant)
-  local dir = os.tmpname()
-  os.remove(dir)
+  local dir = run.tmpdir()
   temps[#temps + 1] = dir
-  sh(("mkdir -p %s && cp -R %s/targetCluster %s/"):format(dir, FIXTURES, dir))
+  sh(("cp -R %s/targetCluster %s/"):format(FIXTURES, dir))
   if variant then sh(("cp -R %s/broken/%s/targetCluster %s/"):format(FIXTURES, variant, dir)) end
   sh(("chmod 600 %s%s*"):format(dir, SENSITIVE))
   sh(("chmod 644 %s%svantiq-example-chain.crt %s%spublic.pem"):format(dir, SENSITIVE, dir, SENSITIVE))
@@ -569,20 +569,15 @@ describe("the keycloak check", function()
 end)
 
 describe("cluster Secrets", function()
-  local sim, k, kc
+  local sim, k
 
   setup(function()
-    sim = require("sim").start { speed = 0.02, modules = { "sim.auth", "sim.core" } }
-    kc = os.tmpname()
-    sim:write_kubeconfig(kc)
-    k = assert(require("vq.kube").connect { kubeconfig = kc })
+    sim = cluster.start { speed = 0.02, modules = { "sim.auth", "sim.core" } }
+    k = assert(require("vq.kube").connect { kubeconfig = sim.spec_kubeconfig })
     assert(k:create { apiVersion = "v1", kind = "Namespace", metadata = { name = "vantiq" } })
   end)
 
-  teardown(function()
-    sim:stop()
-    os.remove(kc)
-  end)
+  teardown(function() cluster.finish(sim) end)
 
   local function create_secret(name, data)
     local encoded = {}

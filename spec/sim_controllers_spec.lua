@@ -4,46 +4,29 @@
 local vq = require "vq"
 local json = require "json"
 local http = require "vq.http"
-local sim_mod = require "sim"
-local run = require "spec.support.run"
+local cluster = require "spec.support.cluster"
 
 local SPEED = 0.02
 local NS = "apps"
 
-local sim, kubeconfig, home
+local sim
 
 -- ---- helpers ----
 
-local function kubectl(args, opts)
-  local cmd = { "kubectl", "--kubeconfig", kubeconfig, "--request-timeout=20s" }
-  for _, a in ipairs(args) do cmd[#cmd + 1] = a end
-  cmd.env = { HOME = home, KUBECACHEDIR = home .. "/.kube/cache" }
-  cmd.stdin = opts and opts.stdin
-  cmd.timeout = opts and opts.timeout or 90
-  return run.run(cmd)
+local eventually, ready = cluster.eventually, cluster.ready
+
+local function kubectl(args)
+  return cluster.run_kubectl(sim, args, { request_timeout = "20s", timeout = 90 })
 end
 
 local function ok_kubectl(args, opts)
-  local r = kubectl(args, opts)
-  assert(r.status == 0, ("kubectl %s exited %s: %s%s"):format(table.concat(args, " "), tostring(r.status), r.stdout, r.stderr))
-  return r.stdout
+  return (cluster.kubectl(sim, args, { stdin = opts and opts.stdin, timeout = 90 }))
 end
 
 local function api(method, path, body)
   local r = assert(http.request { method = method, url = sim.url .. path, json = body,
     headers = { Authorization = "Bearer " .. sim.token } })
   return r
-end
-
---- Wait (real seconds) until fn returns a true value; returns it.
-local function eventually(fn, seconds, what)
-  local deadline = vq.now() + (seconds or 20)
-  while true do
-    local v = fn()
-    if v then return v end
-    if vq.now() > deadline then error("timed out waiting for " .. (what or "a condition"), 2) end
-    vq.sleep(0.02)
-  end
 end
 
 local function pod(name, ns) return sim:get("pods", ns or NS, name) end
@@ -53,8 +36,6 @@ local function condition(obj, typ)
     if c.type == typ then return c end
   end
 end
-
-local function ready(p) local c = condition(p, "Ready") return c ~= nil and c.status == "True" end
 
 local function events_for(name, reason)
   return sim:list("events", nil, function(e)
@@ -88,11 +69,7 @@ end
 -- ---- the cluster ----
 
 setup(function()
-  sim = sim_mod.start { speed = SPEED, modules = { "sim.auth", "sim.core", "sim.controllers" } }
-  home = os.tmpname()
-  os.remove(home)
-  os.execute("mkdir -p '" .. home .. "'")
-  kubeconfig = sim:write_kubeconfig(home .. "/kubeconfig", { namespace = NS })
+  sim = cluster.start { speed = SPEED, modules = { "sim.auth", "sim.core", "sim.controllers" }, namespace = NS }
   assert(sim:create("namespaces", { metadata = { name = NS } }))
   for i = 1, 3 do
     assert(sim:create("nodes", { metadata = { name = "node-" .. i, labels = { ["node-role.kubernetes.io/worker"] = "" } },
@@ -107,10 +84,7 @@ setup(function()
   end, 10, "nodes registered")
 end)
 
-teardown(function()
-  if sim then sim:stop() end
-  if home then os.execute("rm -rf '" .. home .. "'") end
-end)
+teardown(function() if sim then cluster.finish(sim) end end)
 
 -- ---- StatefulSets ----
 

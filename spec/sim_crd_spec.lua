@@ -8,7 +8,6 @@ local json = require "json"
 local http = require "vq.http"
 local kube = require "vq.kube"
 local cluster = require "spec.support.cluster"
-local run = require "spec.support.run"
 
 local CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 local TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
@@ -496,47 +495,30 @@ local function exists(path)
   return f ~= nil
 end
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
-
 local function kubectl_suite(minor, server_version)
   local bin = BIN .. minor
   if minor ~= "1.30" and not exists(bin) then return end
   describe("kubectl " .. minor, function()
     local sim
 
-    local function kubectl(args)
-      local cmd = { bin, "--kubeconfig", sim.spec_kubeconfig, "--request-timeout=20s" }
-      for _, a in ipairs(args) do cmd[#cmd + 1] = a end
-      cmd.env = { HOME = sim.spec_home }
-      cmd.timeout = 60
-      return run.run(cmd)
-    end
-    local function ok(args)
-      local r = kubectl(args)
-      assert(r.status == 0, ("kubectl %s: exit %s\n%s%s"):format(table.concat(args, " "), tostring(r.status), r.stdout, r.stderr))
-      return r.stdout
-    end
+    local function kubectl(args) return cluster.run_kubectl(sim, args, { bin = bin, request_timeout = "20s" }) end
+    local function ok(args) return (cluster.kubectl(sim, args, { bin = bin })) end
 
     setup(function() sim = start { version = server_version } end)
     teardown(function() cluster.finish(sim) end)
 
     it("applies a CRD and gets, applies, scales and deletes its resources", function()
-      local crd_file = write(sim.spec_home .. "/crd.yaml", CRD_YAML)
+      local crd_file = cluster.file(sim, "crd.yaml", CRD_YAML)
       assert.are.equal("customresourcedefinition.apiextensions.k8s.io/widgets.example.com created\n", ok { "apply", "-f", crd_file })
       assert.are.equal("customresourcedefinition.apiextensions.k8s.io/widgets.example.com condition met\n",
         ok { "wait", "--for", "condition=established", "crd/widgets.example.com", "--timeout=10s" })
       local r = kubectl { "get", "widgets", "-n", "default" }
       assert.are.same({ 0, "No resources found in default namespace.\n" }, { r.status, r.stderr })
-      local file = write(sim.spec_home .. "/w.yaml", widget_yaml("blue"))
+      local file = cluster.file(sim, "w.yaml", widget_yaml("blue"))
       assert.are.equal("widget.example.com/w1 created\n", ok { "apply", "-f", file })
       local out = ok { "get", "widgets", "-n", "default" }
       assert.matches("^NAME%s+REPLICAS%s+COLOR%s+AGE\nw1%s+2%s+blue%s+%d+s\n$", out)
-      write(file, widget_yaml("red"))
+      cluster.file(sim, "w.yaml", widget_yaml("red"))
       assert.are.equal("widget.example.com/w1 configured\n", ok { "apply", "-f", file })
       assert.are.equal("widget.example.com/w1 unchanged\n", ok { "apply", "-f", file })
       out = ok { "get", "wd", "w1", "-n", "default", "-o", "jsonpath={.spec.color} {.metadata.generation}" }
@@ -562,10 +544,10 @@ local function kubectl_suite(minor, server_version)
     end)
 
     it("applies a CRD and its resource server-side, and explains it", function()
-      local crd_file = write(sim.spec_home .. "/crd2.yaml", CRD_YAML)
+      local crd_file = cluster.file(sim, "crd2.yaml", CRD_YAML)
       assert.are.equal("customresourcedefinition.apiextensions.k8s.io/widgets.example.com serverside-applied\n",
         ok { "apply", "--server-side", "-f", crd_file })
-      local file = write(sim.spec_home .. "/w2.yaml", widget_yaml("amber"))
+      local file = cluster.file(sim, "w2.yaml", widget_yaml("amber"))
       assert.are.equal("widget.example.com/w1 serverside-applied\n", ok { "apply", "--server-side", "-f", file })
       assert.are.equal("amber", sim:get("widgets.example.com", "default", "w1").spec.color)
       assert.matches("KIND:%s+Widget", ok { "explain", "widgets" })

@@ -16,7 +16,7 @@ local VANTIQ_NS = "vantiq-test"
 
 local function have(cmd) return os.execute("command -v " .. cmd .. " >/dev/null 2>&1") == true end
 
-local sim, dir, port
+local sim, pki, port
 local certs = {}
 
 local function sh(cmd, timeout)
@@ -25,28 +25,16 @@ local function sh(cmd, timeout)
   return r.stdout
 end
 
--- A root, an intermediate and two leaves for DOMAIN (the old and the renewed certificate).
-local CERTS = [[
-set -e
-cd "$1"
-ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-openssl req -x509 $ec -days 30 -subj "/CN=vqsim test root" -keyout ca.key -out ca.pem 2>/dev/null
-openssl req $ec -subj "/CN=vqsim test intermediate" -keyout int.key -out int.csr 2>/dev/null
-printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n' > int.ext
-openssl x509 -req -in int.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -extfile int.ext -out int.pem 2>/dev/null
-printf 'subjectAltName=DNS:%s\n' "$2" > leaf.ext
-for n in 1 2; do
-  openssl req $ec -subj "/CN=$2" -keyout leaf$n.key -out leaf$n.csr 2>/dev/null
-  openssl x509 -req -in leaf$n.csr -CA int.pem -CAkey int.key -CAcreateserial -days 30 -extfile leaf.ext -out leaf$n.pem 2>/dev/null
-  cat leaf$n.pem int.pem > chain$n.pem
-done
-]]
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
+-- A root, an intermediate and two leaves for DOMAIN (the old and the renewed certificate),
+-- each leaf with its chain.
+local function make_certs()
+  pki = require("spec.support.pki").new()
+  pki:ca("ca", { cn = "vqsim test root", key = "ec", days = 30 })
+  pki:ca("int", { by = "ca", cn = "vqsim test intermediate", key = "ec", days = 30 })
+  for n = 1, 2 do
+    pki:cert("leaf" .. n, { by = "int", cn = DOMAIN, san = "DNS:" .. DOMAIN, key = "ec", days = 30 })
+    pki:bundle("chain" .. n .. ".crt", "leaf" .. n .. ".crt", "int.crt")
+  end
 end
 
 local function fingerprint(path)
@@ -80,8 +68,8 @@ end
 
 local function tls_secret(n)
   return { metadata = { name = "default-ssl-cert", namespace = "shared" }, type = "kubernetes.io/tls",
-           data = { ["tls.crt"] = base64.encode(read(dir .. "/chain" .. n .. ".pem")),
-                    ["tls.key"] = base64.encode(read(dir .. "/leaf" .. n .. ".key")) } }
+           data = { ["tls.crt"] = base64.encode(pki:read("chain" .. n .. ".crt")),
+                    ["tls.key"] = base64.encode(pki:read("leaf" .. n .. ".key")) } }
 end
 
 local function ready_service(ns, name, port_number)
@@ -97,9 +85,8 @@ local world = {
 }
 
 setup(function()
-  dir = assert(uv.fs_mkdtemp("/tmp/vqsim-edge-spec-XXXXXX"))
-  run.run { "sh", "-c", CERTS, "certs", dir, DOMAIN, timeout = 60 }
-  for n = 1, 2 do certs[n] = fingerprint(dir .. "/leaf" .. n .. ".pem") end
+  make_certs()
+  for n = 1, 2 do certs[n] = fingerprint(pki:path("leaf" .. n .. ".crt")) end
   sim = sim_mod.start { modules = { "sim.auth", "sim.core", "sim.proxy", world, "sim.edge" } }
   create("namespaces", { metadata = { name = "shared" } })
   create("namespaces", { metadata = { name = VANTIQ_NS } })
@@ -112,7 +99,7 @@ end)
 
 teardown(function()
   if sim then sim:stop() end
-  if dir then os.execute("rm -rf '" .. dir .. "'") end
+  if pki then pki:remove() end
 end)
 
 describe("the TLS edge", function()
@@ -125,7 +112,7 @@ describe("the TLS edge", function()
 
   local function get(path, opts)
     opts = opts or {}
-    return http.request { method = opts.method or "GET", url = "https://" .. DOMAIN .. path, ca_file = dir .. "/ca.pem",
+    return http.request { method = opts.method or "GET", url = "https://" .. DOMAIN .. path, ca_file = pki:path("ca.crt"),
       connect_to = ("%s:443:127.0.0.1:%d"):format(DOMAIN, port), headers = opts.headers, body = opts.body }
   end
 
@@ -155,7 +142,7 @@ describe("the TLS edge", function()
   it("is reached by curl with --resolve", function()
     if not edge_up() then return end
     if not have("curl") then return pending("curl not installed") end
-    local out = sh(("curl -sS --resolve %s:%d:127.0.0.1 --cacert %s/ca.pem https://%s:%d/auth/realms/vantiq"):format(DOMAIN, port, dir, DOMAIN, port))
+    local out = sh(("curl -sS --resolve %s:%d:127.0.0.1 --cacert %s https://%s:%d/auth/realms/vantiq"):format(DOMAIN, port, pki:path("ca.crt"), DOMAIN, port))
     assert.are.equal("vantiq", json.decode(out).realm)
   end)
 
@@ -196,7 +183,7 @@ describe("the TLS edge", function()
   it("falls back to the fake certificate when the Secret's key does not match", function()
     if not edge_up() then return end
     local bad = tls_secret(2)
-    bad.data["tls.key"] = base64.encode(read(dir .. "/leaf1.key"))
+    bad.data["tls.key"] = base64.encode(pki:read("leaf1.key"))
     local level = log.level("error") -- the edge warns about the bad pair: expected here
     assert(sim:update("secrets", bad))
     assert.truthy(wait_for(function() return sim.edge.serving == "fake" end))

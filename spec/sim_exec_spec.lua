@@ -7,31 +7,13 @@ local http = require "vq.http"
 local json = require "json"
 local util = require "sim.util"
 local ws = require "sim.websocket"
-local run = require("spec.support.run").run
+local cluster = require "spec.support.cluster"
 
 local MODULES = { "sim.auth", "sim.core", "sim.logs", "sim.exec" }
 local NS = "default"
 
-local tmpdir = require("spec.support.run").tmpdir
-
-local function cluster(version)
-  local c = { home = tmpdir() }
-  c.sim = require("sim").start { speed = 0.02, version = version, modules = MODULES }
-  c.kubeconfig = c.sim:write_kubeconfig(c.home .. "/kubeconfig")
-  function c.kubectl(args, opts)
-    local cmd = { "kubectl", "--kubeconfig", c.kubeconfig }
-    for _, a in ipairs(args) do cmd[#cmd + 1] = a end
-    for k, v in pairs(opts or {}) do cmd[k] = v end
-    cmd.env = { HOME = c.home }
-    cmd.timeout = cmd.timeout or 30
-    return run(cmd)
-  end
-  function c.stop()
-    c.sim:stop()
-    os.execute("rm -rf '" .. c.home .. "'")
-  end
-  return c
-end
+local function start(version) return cluster.start { speed = 0.02, version = version, modules = MODULES } end
+local kubectl = cluster.run_kubectl
 
 --- A pod with running containers (or the given states) on node-1.
 local function pod(sim, name, o)
@@ -144,42 +126,42 @@ end
 
 local function kubectl_exec_suite(label, version)
   describe("kubectl exec against " .. label, function()
-    local c
+    local s
     setup(function()
-      c = cluster(version)
-      pod(c.sim, "vantiq-0", { env = { { name = "VANTIQ_ENV", value = "rehearsal" } } })
-      pod(c.sim, "two", { containers = { "app", "sidecar" } })
-      pod(c.sim, "crashing", { states = { app = { waiting = { reason = "CrashLoopBackOff" } } } })
-      c.sim.pod_files["default/vantiq-0"] = { ["/opt/vantiq/config/app.yaml"] = "port: 8080\n" }
+      s = start(version)
+      pod(s, "vantiq-0", { env = { { name = "VANTIQ_ENV", value = "rehearsal" } } })
+      pod(s, "two", { containers = { "app", "sidecar" } })
+      pod(s, "crashing", { states = { app = { waiting = { reason = "CrashLoopBackOff" } } } })
+      s.pod_files["default/vantiq-0"] = { ["/opt/vantiq/config/app.yaml"] = "port: 8080\n" }
     end)
-    teardown(function() c.stop() end)
+    teardown(function() cluster.finish(s) end)
 
     it("runs date on the node's clock, skew included", function()
-      c.sim.node_clock_skew["node-1"] = 7200
-      local r = c.kubectl { "exec", "vantiq-0", "-c", "app", "--", "date", "+%s" }
-      c.sim.node_clock_skew["node-1"] = nil
+      s.node_clock_skew["node-1"] = 7200
+      local r = kubectl(s, { "exec", "vantiq-0", "-c", "app", "--", "date", "+%s" })
+      s.node_clock_skew["node-1"] = nil
       assert.are.equal(0, r.status, r.stderr)
       assert.is_true(math.abs(tonumber(r.stdout) - (os.time() + 7200)) <= 2, r.stdout)
-      r = c.kubectl { "exec", "vantiq-0", "--", "date" }
+      r = kubectl(s, { "exec", "vantiq-0", "--", "date" })
       assert.matches("^%a%a%a %a%a%a [ %d]%d %d%d:%d%d:%d%d UTC %d%d%d%d\n$", r.stdout)
     end)
 
     it("feeds stdin to cat and ends it at EOF", function()
-      local r = c.kubectl({ "exec", "-i", "vantiq-0", "-c", "app", "--", "cat" }, { stdin = "line one\nline two\n" })
+      local r = kubectl(s, { "exec", "-i", "vantiq-0", "-c", "app", "--", "cat" }, { stdin = "line one\nline two\n" })
       assert.are.equal(0, r.status, r.stderr)
       assert.are.equal("line one\nline two\n", r.stdout)
     end)
 
     it("reads the pod's files", function()
-      local r = c.kubectl { "exec", "vantiq-0", "--", "cat", "/opt/vantiq/config/app.yaml" }
+      local r = kubectl(s, { "exec", "vantiq-0", "--", "cat", "/opt/vantiq/config/app.yaml" })
       assert.are.equal("port: 8080\n", r.stdout)
-      r = c.kubectl { "exec", "vantiq-0", "--", "cat", "/nope" }
+      r = kubectl(s, { "exec", "vantiq-0", "--", "cat", "/nope" })
       assert.are.equal(1, r.status)
       assert.matches("cat: /nope: No such file or directory", r.stderr, 1, true)
     end)
 
     it("passes on exit codes, stdout and stderr apart", function()
-      local r = c.kubectl { "exec", "vantiq-0", "--", "sh", "-c", "echo out; echo err >&2; exit 3" }
+      local r = kubectl(s, { "exec", "vantiq-0", "--", "sh", "-c", "echo out; echo err >&2; exit 3" })
       assert.are.equal(3, r.status)
       assert.are.equal("out\n", r.stdout)
       assert.matches("^err\n", r.stderr)
@@ -187,20 +169,20 @@ local function kubectl_exec_suite(label, version)
     end)
 
     it("says an unknown command is not in the container, exit 126", function()
-      local r = c.kubectl { "exec", "vantiq-0", "--", "vantiq-doctor", "--all" }
+      local r = kubectl(s, { "exec", "vantiq-0", "--", "vantiq-doctor", "--all" })
       assert.are.equal(126, r.status)
       assert.matches('exec: "vantiq-doctor": executable file not found in $PATH: unknown', r.stderr, 1, true)
     end)
 
     it("shows the container's environment and hostname", function()
-      local r = c.kubectl { "exec", "vantiq-0", "--", "env" }
+      local r = kubectl(s, { "exec", "vantiq-0", "--", "env" })
       assert.matches("\nVANTIQ_ENV=rehearsal\n", r.stdout, 1, true)
       assert.matches("HOSTNAME=vantiq-0\n", r.stdout, 1, true)
-      assert.are.equal("vantiq-0\n", c.kubectl({ "exec", "vantiq-0", "--", "hostname" }).stdout)
+      assert.are.equal("vantiq-0\n", kubectl(s, { "exec", "vantiq-0", "--", "hostname" }).stdout)
     end)
 
     it("refuses a container that is not running", function()
-      local r = c.kubectl { "exec", "crashing", "--", "date" }
+      local r = kubectl(s, { "exec", "crashing", "--", "date" })
       assert.are.equal(1, r.status)
       assert.matches('container not found ("app")', r.stderr, 1, true)
     end)
@@ -210,9 +192,9 @@ local function kubectl_exec_suite(label, version)
         match = function(argv) return argv[1] == "mongo" end,
         run = function(_, io) io:stderr("MongoNetworkError: connect ECONNREFUSED\n") return 1 end,
       }
-      table.insert(c.sim.exec_handlers, 1, handler)
-      local r = c.kubectl { "exec", "vantiq-0", "--", "mongo", "--eval", "db.version()" }
-      table.remove(c.sim.exec_handlers, 1)
+      table.insert(s.exec_handlers, 1, handler)
+      local r = kubectl(s, { "exec", "vantiq-0", "--", "mongo", "--eval", "db.version()" })
+      table.remove(s.exec_handlers, 1)
       assert.are.equal(1, r.status)
       assert.matches("ECONNREFUSED", r.stderr, 1, true)
     end)
@@ -224,22 +206,22 @@ kubectl_exec_suite("the default version (kubectl 1.30, WebSocket v5)")
 describe("kubectl exec of other versions", function()
   for _, case in ipairs { { "v1.27.16", "SPDY/3.1" }, { "v1.33.1", "WebSocket" } } do
     it("works with kubectl " .. case[1] .. " over " .. case[2], function()
-      local c = cluster(case[1])
+      local s = start(case[1])
       local ok, err = pcall(function()
-        pod(c.sim, "vantiq-0")
-        local r = c.kubectl { "exec", "vantiq-0", "-v=6", "--", "date", "+%Y" }
+        pod(s, "vantiq-0")
+        local r = kubectl(s, { "exec", "vantiq-0", "-v=6", "--", "date", "+%Y" })
         assert.are.equal(0, r.status, r.stderr)
         assert.are.equal(os.date("!%Y") .. "\n", r.stdout)
         -- SPDY is a POST, WebSocket a GET (the log line's shape changed in 1.33)
         local method = r.stderr:match("(%u+) http[^\n]*/exec%?") or r.stderr:match('verb="(%u+)" url="[^"]*/exec%?')
         assert.are.equal(case[2] == "WebSocket" and "GET" or "POST", method)
-        r = c.kubectl({ "exec", "-i", "vantiq-0", "--", "sh", "-c", "cat; exit 5" }, { stdin = "piped\n" })
+        r = kubectl(s, { "exec", "-i", "vantiq-0", "--", "sh", "-c", "cat; exit 5" }, { stdin = "piped\n" })
         assert.are.equal(5, r.status)
         assert.are.equal("piped\n", r.stdout)
-        local v = json.decode(c.kubectl({ "version", "-o", "json" }).stdout)
+        local v = json.decode(kubectl(s, { "version", "-o", "json" }).stdout)
         assert.are.equal(case[1]:match("^v1%.(%d+)"), v.clientVersion.minor)
       end)
-      c.stop()
+      cluster.finish(s)
       assert(ok, err)
     end)
   end
@@ -248,16 +230,16 @@ end)
 -- ---- the protocol, frame by frame ----
 
 describe("pods/exec over WebSocket", function()
-  local c
+  local s
   setup(function()
-    c = cluster()
-    pod(c.sim, "ws")
-    pod(c.sim, "pair", { containers = { "a", "b" } })
+    s = start()
+    pod(s, "ws")
+    pod(s, "pair", { containers = { "a", "b" } })
   end)
-  teardown(function() c.stop() end)
+  teardown(function() cluster.finish(s) end)
 
   it("answers the handshake with the accept key and the best protocol offered", function()
-    local status, headers, conn = ws_exec(c.sim, "ws", "command=true&stdout=true",
+    local status, headers, conn = ws_exec(s, "ws", "command=true&stdout=true",
       "v4.channel.k8s.io, v5.channel.k8s.io, channel.k8s.io")
     conn:close()
     assert.are.equal("101", status)
@@ -266,7 +248,7 @@ describe("pods/exec over WebSocket", function()
   end)
 
   it("takes fragmented stdin, answers pings, and closes stdin on [255, 0] (v5)", function()
-    local status, headers, conn = ws_exec(c.sim, "ws", "command=cat&stdin=true&stdout=true&stderr=true",
+    local status, headers, conn = ws_exec(s, "ws", "command=cat&stdin=true&stdout=true&stderr=true",
       "v5.channel.k8s.io,v4.channel.k8s.io")
     assert.are.equal("101", status)
     assert.are.equal("v5.channel.k8s.io", headers["sec-websocket-protocol"])
@@ -288,7 +270,7 @@ describe("pods/exec over WebSocket", function()
   end)
 
   it("reports a non-zero exit as a Status on the error channel", function()
-    local _, _, conn = ws_exec(c.sim, "ws", "command=sh&command=-c&command=echo%20no%20>%262%3B%20exit%202&stdout=true&stderr=true",
+    local _, _, conn = ws_exec(s, "ws", "command=sh&command=-c&command=echo%20no%20>%262%3B%20exit%202&stdout=true&stderr=true",
       "v4.channel.k8s.io")
     local frames = read_frames(conn)
     conn:close()
@@ -300,20 +282,20 @@ describe("pods/exec over WebSocket", function()
   end)
 
   it("does not offer v5 when the server is older than 1.30", function()
-    local old = cluster("v1.29.5")
-    pod(old.sim, "ws")
-    local status, headers, conn = ws_exec(old.sim, "ws", "command=true&stdout=true", "v5.channel.k8s.io")
+    local old = start("v1.29.5")
+    pod(old, "ws")
+    local status, headers, conn = ws_exec(old, "ws", "command=true&stdout=true", "v5.channel.k8s.io")
     conn:close()
     assert.are.equal("400", status)
-    status, headers, conn = ws_exec(old.sim, "ws", "command=true&stdout=true", "v5.channel.k8s.io, v4.channel.k8s.io")
+    status, headers, conn = ws_exec(old, "ws", "command=true&stdout=true", "v5.channel.k8s.io, v4.channel.k8s.io")
     conn:close()
-    old.stop()
+    cluster.finish(old)
     assert.are.equal("v4.channel.k8s.io", headers["sec-websocket-protocol"])
   end)
 
   it("refuses before upgrading, with a Status", function()
     local function get(name, query)
-      return assert(http.get(c.sim.url .. exec_path(name, query), { retries = 0,
+      return assert(http.get(s.url .. exec_path(name, query), { retries = 0,
         headers = { Connection = "Upgrade", Upgrade = "websocket", ["Sec-WebSocket-Key"] = KEY,
                     ["Sec-WebSocket-Version"] = "13", ["Sec-WebSocket-Protocol"] = "v5.channel.k8s.io" } }))
     end
@@ -325,7 +307,7 @@ describe("pods/exec over WebSocket", function()
     assert.are.equal("a container name must be specified for pod pair, choose one of: [a b]", r.json.message)
     r = get("ws", "stdout=true")
     assert.are.equal(400, r.status)
-    r = assert(http.get(c.sim.url .. exec_path("ws", "command=date&stdout=true"), { retries = 0 }))
+    r = assert(http.get(s.url .. exec_path("ws", "command=date&stdout=true"), { retries = 0 }))
     assert.are.equal(400, r.status)
     assert.are.equal("Upgrade request required", r.json.message)
   end)
@@ -334,17 +316,17 @@ end)
 -- ---- the handlers, in-process ----
 
 describe("exec handlers", function()
-  local c
+  local s
   setup(function()
-    c = cluster()
-    pod(c.sim, "box", { env = { { name = "GREETING", value = "hi there" } } })
+    s = start()
+    pod(s, "box", { env = { { name = "GREETING", value = "hi there" } } })
     local sts_owner = { apiVersion = "apps/v1", kind = "StatefulSet", name = "mongodb", uid = "sts-uid", controller = true }
-    for i = 0, 2 do pod(c.sim, "mongodb-" .. i, { image = "mongo:4.4.18", owner = sts_owner, subdomain = "mongodb" }) end
+    for i = 0, 2 do pod(s, "mongodb-" .. i, { image = "mongo:4.4.18", owner = sts_owner, subdomain = "mongodb" }) end
   end)
-  teardown(function() c.stop() end)
+  teardown(function() cluster.finish(s) end)
 
   local function sh(script, stdin)
-    return c.sim.exec:run { pod = "box", command = { "sh", "-c", script }, stdin = stdin }
+    return s.exec:run { pod = "box", command = { "sh", "-c", script }, stdin = stdin }
   end
 
   it("runs small shell scripts", function()
@@ -374,7 +356,7 @@ describe("exec handlers", function()
 
   it("answers mongo and mongosh as a replica set member would", function()
     local function mongo(shell, js, pod_name)
-      local code, out = c.sim.exec:run { pod = pod_name or "mongodb-1", command = { shell, "--quiet", "--eval", js } }
+      local code, out = s.exec:run { pod = pod_name or "mongodb-1", command = { shell, "--quiet", "--eval", js } }
       assert.are.equal(0, code)
       return out
     end
@@ -392,18 +374,18 @@ describe("exec handlers", function()
     assert.matches("stateStr: 'SECONDARY'", status, 1, true)
     assert.are.equal("hello\n", mongo("mongosh", "print('hello')"))
     assert.are.equal("{ ok: 1 }\n", mongo("mongosh", "db.getSiblingDB('vantiq').createUser({user: 'x'})"))
-    local code, out = c.sim.exec:run { pod = "mongodb-0", command = { "mongo", "--eval", "db.version()" } }
+    local code, out = s.exec:run { pod = "mongodb-0", command = { "mongo", "--eval", "db.version()" } }
     assert.are.equal(0, code)
     assert.matches("^MongoDB shell version v4%.4%.18\n", out)
   end)
 
   it("formats date as asked", function()
-    local code, out = c.sim.exec:run { pod = "box", command = { "date", "-u", "+%Y-%m-%dT%H:%M:%SZ" } }
+    local code, out = s.exec:run { pod = "box", command = { "date", "-u", "+%Y-%m-%dT%H:%M:%SZ" } }
     assert.are.equal(0, code)
     assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ\n$", out)
-    code, out = c.sim.exec:run { pod = "box", command = { "date", "-Iseconds" } }
+    code, out = s.exec:run { pod = "box", command = { "date", "-Iseconds" } }
     assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%+00:00\n$", out)
-    code = c.sim.exec:run { pod = "box", command = { "date", "--bogus" } }
+    code = s.exec:run { pod = "box", command = { "date", "--bogus" } }
     assert.are.equal(1, code)
   end)
 end)

@@ -5,20 +5,11 @@
 local vq = require "vq"
 local json = require "json"
 local yaml = require "yaml"
-local run = require("spec.support.run").run
 local sim_mod = require "sim"
+local cluster = require "spec.support.cluster"
 
 local NS = "vantiq"
 local LOG_POD = "fidelity-logs"
-
-local tmpdir = require("spec.support.run").tmpdir
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
 
 local function lines_of(text)
   local out = {}
@@ -85,40 +76,8 @@ local AGE = "^%d+[smhdy]%d*[smhd]?$"
 
 -- ---- the cluster ----
 
-local function cluster(version)
-  local c = { home = tmpdir() }
-  c.sim = sim_mod.start { speed = 0.02, version = version, scenarios = { "telegraf-rbac" } }
-  c.version = c.sim.version
-  c.minor = c.sim:minor()
-  c.kubeconfig = c.sim:write_kubeconfig(c.home .. "/kubeconfig")
-  assert(c.sim:settle(60), "the world did not settle")
-  function c.kubectl(args, opts)
-    local cmd = { "kubectl", "--kubeconfig", c.kubeconfig }
-    for _, a in ipairs(args) do cmd[#cmd + 1] = a end
-    for k, v in pairs(opts or {}) do cmd[k] = v end
-    cmd.env = { HOME = c.home }
-    cmd.timeout = cmd.timeout or 60
-    return run(cmd)
-  end
-  --- kubectl that must succeed: its stdout.
-  function c.ok(args, opts)
-    local r = c.kubectl(args, opts)
-    assert(r.status == 0, ("kubectl %s: exit %s\n%s%s"):format(table.concat(args, " "), tostring(r.status), r.stdout, r.stderr))
-    return r.stdout, r
-  end
-  function c.file(name, text) return write_file(c.home .. "/" .. name, text) end
-  --- Wait (on store changes) until fn() is true.
-  function c.until_(fn, timeout)
-    if fn() then return true end
-    local ev = vq.event()
-    c.sim.store:on_change(function() if not ev:is_set() and fn() then ev:set() end end)
-    return ev:wait(timeout or 30) == true
-  end
-  function c.stop()
-    c.sim:stop()
-    os.execute("rm -rf '" .. c.home .. "'")
-  end
-  return c
+local function start(version)
+  return cluster.start { speed = 0.02, version = version, scenarios = { "telegraf-rbac" }, settle = 60 }
 end
 
 -- ---- the guide's manifests ----
@@ -168,9 +127,9 @@ spec:
 
 -- A container that dies once (for --previous), then logs a line two hours old and three
 -- new ones, and one more when told to (for -f), and exits.
-local function install_log_program(c)
-  c.more = vq.event()
-  c.sim.programs["fidelity-logs"] = function(ctx)
+local function install_log_program(sim)
+  local more = vq.event()
+  sim.programs["fidelity-logs"] = function(ctx)
     local logs, now = ctx.sim.logs, ctx.sim.clock:now()
     if ctx.restart_count == 0 then
       ctx:log("first life")
@@ -179,11 +138,12 @@ local function install_log_program(c)
     logs:write(ctx.namespace, ctx.name, "app", "two hours ago", now - 7200)
     for i = 1, 3 do ctx:log("line " .. i) end
     ctx:ready(true)
-    c.more:wait()
+    more:wait()
     ctx:log("line 4")
     ctx:sleep(1)
     ctx:exit(0)
   end
+  return more
 end
 
 -- ---- what a real cluster of each version serves ----
@@ -376,45 +336,49 @@ end)
 local function kubectl_suite(version)
   local label = version or (sim_mod.DEFAULT_VERSION .. " (the default)")
   describe("kubectl against a " .. label .. " simulator", function()
-    local c, h
+    local s, minor, h, more
+    local function kubectl(args, opts) return cluster.run_kubectl(s, args, opts) end
+    -- kubectl that must succeed: its stdout and the run's result
+    local function ok(args) return cluster.kubectl(s, args, { request_timeout = false }) end
 
     setup(function()
-      c = cluster(version)
-      h = headers(c.minor)
-      install_log_program(c)
+      s = start(version)
+      minor = s:minor()
+      h = headers(minor)
+      more = install_log_program(s)
     end)
-    teardown(function() if c then c.stop() end end)
+    teardown(function() if s then cluster.finish(s) end end)
 
     it("is the kubectl of the server's minor version, and prints the versions", function()
-      local v = json.decode((c.ok { "version", "-o", "json" }))
-      assert.are.equal(tostring(c.minor), v.clientVersion.minor)
-      assert.are.equal(c.version, v.serverVersion.gitVersion)
-      assert.are.equal(tostring(c.minor), v.serverVersion.minor)
-      assert.are.equal(c.minor >= 33 and tostring(c.minor) or nil, v.serverVersion.emulationMinor)
-      local out, r = c.ok { "version" }
+      local v = json.decode((ok { "version", "-o", "json" }))
+      assert.are.equal(tostring(minor), v.clientVersion.minor)
+      assert.are.equal(s.version, v.serverVersion.gitVersion)
+      assert.are.equal(tostring(minor), v.serverVersion.minor)
+      assert.are.equal(minor >= 33 and tostring(minor) or nil, v.serverVersion.emulationMinor)
+      local out, r = ok { "version" }
       local client = out:match("Client Version: (%S+)")
-      if c.minor <= 27 then
+      if minor <= 27 then
         -- 1.27 still prints version.Info and warns that --short becomes the default
-        assert.matches('Server Version: version.Info{Major:"1", Minor:"27", GitVersion:"' .. pattern_escape(c.version) .. '"', out)
+        assert.matches('Server Version: version.Info{Major:"1", Minor:"27", GitVersion:"' .. pattern_escape(s.version) .. '"', out)
         assert.matches("WARNING: This version information is deprecated", r.stderr, 1, true)
       else
-        assert.matches("^v1%." .. c.minor .. "%.%d+$", client)
-        assert.matches("\nKustomize Version: v%S+\nServer Version: " .. pattern_escape(c.version) .. "\n$", out)
+        assert.matches("^v1%." .. minor .. "%.%d+$", client)
+        assert.matches("\nKustomize Version: v%S+\nServer Version: " .. pattern_escape(s.version) .. "\n$", out)
         assert.are.equal("", r.stderr)
       end
     end)
 
     it("lists every resource type of that version in api-resources", function()
-      local t = parse_table((c.ok { "api-resources" }))
+      local t = parse_table((ok { "api-resources" }))
       assert.are.same({ "NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND" }, t.names)
       local got = {}
       for i, r in ipairs(t.rows) do got[i] = { r.NAME, r.SHORTNAMES, r.APIVERSION, r.NAMESPACED, r.KIND } end
-      assert.are.same(api_resources(c.minor), got)
+      assert.are.same(api_resources(minor), got)
     end)
 
     it("prints get pods -A as the apiserver's pod table", function()
-      local pods = c.sim:list("pods")
-      local t = parse_table((c.ok { "get", "pods", "-A" }))
+      local pods = s:list("pods")
+      local t = parse_table((ok { "get", "pods", "-A" }))
       assert.are.same(h.pods, t.names)
       assert.are.equal(#pods, #t.rows)
       local by_name = {}
@@ -430,7 +394,7 @@ local function kubectl_suite(version)
         assert.matches(AGE, r.AGE)
       end
       -- -o wide adds the priority-1 columns
-      local wide = parse_table((c.ok { "get", "pods", "-A", "-o", "wide" }))
+      local wide = parse_table((ok { "get", "pods", "-A", "-o", "wide" }))
       assert.are.same(h.pods_wide, wide.names)
       for _, r in ipairs(wide.rows) do
         local p = by_name[r.NAMESPACE .. "/" .. r.NAME]
@@ -440,75 +404,75 @@ local function kubectl_suite(version)
     end)
 
     it("prints get pods -A -o json and -o yaml as a v1 List", function()
-      local n = #c.sim:list("pods")
-      local list = json.decode((c.ok { "get", "pods", "-A", "-o", "json" }))
+      local n = #s:list("pods")
+      local list = json.decode((ok { "get", "pods", "-A", "-o", "json" }))
       assert.are.same({ "v1", "List", "" }, { list.apiVersion, list.kind, list.metadata.resourceVersion })
       assert.are.equal(n, #list.items)
       assert.are.same({ "v1", "Pod" }, { list.items[1].apiVersion, list.items[1].kind })
-      local y = yaml.decode((c.ok { "get", "pods", "-A", "-o", "yaml" }))
+      local y = yaml.decode((ok { "get", "pods", "-A", "-o", "yaml" }))
       assert.are.same({ "v1", "List" }, { y.apiVersion, y.kind })
       assert.are.equal(n, #y.items)
       assert.are.equal(list.items[1].metadata.uid, y.items[1].metadata.uid)
     end)
 
     it("selects pods by label and by field, and says when nothing matches", function()
-      local t = parse_table((c.ok { "get", "pods", "-A", "-l", "app=vantiq" }))
+      local t = parse_table((ok { "get", "pods", "-A", "-l", "app=vantiq" }))
       local names = {}
       for i, r in ipairs(t.rows) do names[i] = r.NAMESPACE .. "/" .. r.NAME end
       assert.are.same({ "vantiq/vantiq-0", "vantiq/vantiq-1", "vantiq/vantiq-2" }, names)
-      local running = c.sim:list("pods", nil, function(p) return p.status.phase == "Running" end)
-      t = parse_table((c.ok { "get", "pods", "-A", "--field-selector", "status.phase=Running" }))
+      local running = s:list("pods", nil, function(p) return p.status.phase == "Running" end)
+      t = parse_table((ok { "get", "pods", "-A", "--field-selector", "status.phase=Running" }))
       assert.are.equal(#running, #t.rows)
       for _, r in ipairs(t.rows) do assert.are.equal("Running", r.STATUS) end
-      local out, r = c.ok { "get", "pods", "-A", "-l", "app=nothing-here" }
+      local out, r = ok { "get", "pods", "-A", "-l", "app=nothing-here" }
       assert.are.same({ "", "No resources found\n" }, { out, r.stderr })
-      out, r = c.ok { "get", "pods", "-n", NS, "--field-selector", "status.phase=Pending" }
+      out, r = ok { "get", "pods", "-n", NS, "--field-selector", "status.phase=Pending" }
       assert.are.same({ "", "No resources found in vantiq namespace.\n" }, { out, r.stderr })
-      r = c.kubectl { "get", "pods", "-A", "--field-selector", "spec.nothing=x" }
+      r = kubectl { "get", "pods", "-A", "--field-selector", "spec.nothing=x" }
       assert.are.equal(1, r.status)
       assert.are.equal('Error from server (BadRequest): Unable to find "/v1, Resource=pods" that match label selector "", ' ..
         'field selector "spec.nothing=x": field label not supported: spec.nothing\n', r.stderr)
     end)
 
     it("describes a node and a pod", function()
-      local node = c.sim:get("pods", NS, "vantiq-0").spec.nodeName
-      local out = c.ok { "describe", "node", node }
+      local node = s:get("pods", NS, "vantiq-0").spec.nodeName
+      local out = ok { "describe", "node", node }
       assert.matches("^Name:%s+" .. pattern_escape(node) .. "\n", out)
       for _, l in ipairs { "\nRoles:%s+%S+\n", "\nTaints:%s+", "\nUnschedulable:%s+false\n", "\nConditions:\n",
                            "\n  Ready%s+True%s+", "\nAddresses:\n  InternalIP:%s+[%d.]+\n", "\nCapacity:\n",
-                           "\nSystem Info:\n", "\n  Kubelet Version:%s+" .. pattern_escape(c.version) .. "\n",
+                           "\nSystem Info:\n", "\n  Kubelet Version:%s+" .. pattern_escape(s.version) .. "\n",
                            "\nNon%-terminated Pods:%s+%(%d+ in total%)\n", "vantiq%s+vantiq%-0%s+", "\nAllocated resources:\n",
                            "\nEvents:%s+" } do
         assert.matches(l, out)
       end
-      out = c.ok { "describe", "pod", "vantiq-0", "-n", NS }
+      out = ok { "describe", "pod", "vantiq-0", "-n", NS }
       for _, l in ipairs { "^Name:%s+vantiq%-0\n", "\nNamespace:%s+vantiq\n", "\nNode:%s+" .. pattern_escape(node) .. "/[%d.]+\n",
                            "\nStatus:%s+Running\n", "\nControlled By:%s+StatefulSet/vantiq\n", "\nContainers:\n  vantiq:\n",
                            "\n    State:%s+Running\n", "\n    Ready:%s+True\n", "\nConditions:\n", "\nQoS Class:%s+%a+\n",
                            "\nEvents:" } do
         assert.matches(l, out)
       end
-      local r = c.kubectl { "describe", "pod", "nope", "-n", NS }
+      local r = kubectl { "describe", "pod", "nope", "-n", NS }
       assert.are.same({ 1, 'Error from server (NotFound): pods "nope" not found\n' }, { r.status, r.stderr })
     end)
 
     it("taints a node and takes the taint off again", function()
-      local node = c.sim:get("pods", NS, "vantiq-0").spec.nodeName
-      assert.are.equal(("node/%s tainted\n"):format(node), (c.ok { "taint", "nodes", node, "vqsim-maint=true:NoSchedule" }))
-      local r = c.kubectl { "taint", "nodes", node, "vqsim-maint=true:NoSchedule" }
+      local node = s:get("pods", NS, "vantiq-0").spec.nodeName
+      assert.are.equal(("node/%s tainted\n"):format(node), (ok { "taint", "nodes", node, "vqsim-maint=true:NoSchedule" }))
+      local r = kubectl { "taint", "nodes", node, "vqsim-maint=true:NoSchedule" }
       assert.are.same({ 1, ("error: node %s already has vqsim-maint taint(s) with same effect(s) and --overwrite is false\n"):format(node) },
         { r.status, r.stderr })
-      assert.matches("\nTaints:%s+vqsim%-maint=true:NoSchedule\n", (c.ok { "describe", "node", node }))
-      assert.are.equal(("node/%s untainted\n"):format(node), (c.ok { "taint", "nodes", node, "vqsim-maint:NoSchedule-" }))
-      r = c.kubectl { "taint", "nodes", node, "vqsim-maint:NoSchedule-" }
+      assert.matches("\nTaints:%s+vqsim%-maint=true:NoSchedule\n", (ok { "describe", "node", node }))
+      assert.are.equal(("node/%s untainted\n"):format(node), (ok { "taint", "nodes", node, "vqsim-maint:NoSchedule-" }))
+      r = kubectl { "taint", "nodes", node, "vqsim-maint:NoSchedule-" }
       assert.are.same({ 1, 'error: taint "vqsim-maint:NoSchedule" not found\n' }, { r.status, r.stderr })
-      for _, t in ipairs(c.sim:get("nodes", nil, node).spec.taints or {}) do assert.are_not.equal("vqsim-maint", t.key) end
+      for _, t in ipairs(s:get("nodes", nil, node).spec.taints or {}) do assert.are_not.equal("vqsim-maint", t.key) end
     end)
 
     it("scales and restarts the vantiq StatefulSet, and rollout status waits for the rollout", function()
       local function rolled_out(replicas)
-        local sts = c.sim:get("statefulsets.apps", NS, "vantiq")
-        local pods = c.sim:list("pods", NS, function(p) return (p.metadata.labels or {}).app == "vantiq" end)
+        local sts = s:get("statefulsets.apps", NS, "vantiq")
+        local pods = s:list("pods", NS, function(p) return (p.metadata.labels or {}).app == "vantiq" end)
         if #pods ~= replicas then return false end
         for _, p in ipairs(pods) do
           local ready = false
@@ -519,45 +483,46 @@ local function kubectl_suite(version)
         end
         return true
       end
-      assert.are.equal("statefulset.apps/vantiq scaled\n", (c.ok { "scale", "sts/vantiq", "--replicas=2", "-n", NS }))
-      assert.are.equal(2, c.sim:get("statefulsets.apps", NS, "vantiq").spec.replicas)
-      local out = c.ok { "rollout", "status", "sts/vantiq", "-n", NS, "--timeout=60s" }
+      assert.are.equal("statefulset.apps/vantiq scaled\n", (ok { "scale", "sts/vantiq", "--replicas=2", "-n", NS }))
+      assert.are.equal(2, s:get("statefulsets.apps", NS, "vantiq").spec.replicas)
+      local out = ok { "rollout", "status", "sts/vantiq", "-n", NS, "--timeout=60s" }
       assert.matches("partitioned roll out complete: 2 new pods have been updated...\n$", out)
       assert(rolled_out(2), "rollout status finished before the scale-down did")
-      assert.are.equal("statefulset.apps/vantiq restarted\n", (c.ok { "rollout", "restart", "sts/vantiq", "-n", NS }))
-      local sts = c.sim:get("statefulsets.apps", NS, "vantiq")
+      assert.are.equal("statefulset.apps/vantiq restarted\n", (ok { "rollout", "restart", "sts/vantiq", "-n", NS }))
+      local sts = s:get("statefulsets.apps", NS, "vantiq")
       assert.truthy(sts.spec.template.metadata.annotations["kubectl.kubernetes.io/restartedAt"])
-      out = c.ok { "rollout", "status", "sts/vantiq", "-n", NS, "--timeout=60s" }
+      out = ok { "rollout", "status", "sts/vantiq", "-n", NS, "--timeout=60s" }
       assert.matches("partitioned roll out complete: 2 new pods have been updated...\n$", out)
       assert(rolled_out(2), "rollout status finished before the rollout did")
-      assert.are.equal("statefulset.apps/vantiq scaled\n", (c.ok { "scale", "sts/vantiq", "--replicas=3", "-n", NS }))
-      out = c.ok { "rollout", "status", "sts/vantiq", "-n", NS, "--timeout=60s" }
+      assert.are.equal("statefulset.apps/vantiq scaled\n", (ok { "scale", "sts/vantiq", "--replicas=3", "-n", NS }))
+      out = ok { "rollout", "status", "sts/vantiq", "-n", NS, "--timeout=60s" }
       assert.matches("partitioned roll out complete: 3 new pods have been updated...\n$", out)
       assert(rolled_out(3), "rollout status finished before the scale-up did")
     end)
 
     it("creates a Job from the mongobackup CronJob and waits for it to complete", function()
-      local out = c.ok { "create", "job", "fidelity-backup", "--from=cronjob/mongobackup", "-n", NS }
+      local out = ok { "create", "job", "fidelity-backup", "--from=cronjob/mongobackup", "-n", NS }
       assert.are.equal("job.batch/fidelity-backup created\n", out)
-      local job = c.sim:get("jobs.batch", NS, "fidelity-backup")
-      local cj = c.sim:get("cronjobs.batch", NS, "mongobackup")
+      local job = s:get("jobs.batch", NS, "fidelity-backup")
+      local cj = s:get("cronjobs.batch", NS, "mongobackup")
       assert.are.equal("manual", job.metadata.annotations["cronjob.kubernetes.io/instantiate"])
       assert.are.same({ "CronJob", "mongobackup", cj.metadata.uid },
         { job.metadata.ownerReferences[1].kind, job.metadata.ownerReferences[1].name, job.metadata.ownerReferences[1].uid })
       -- kubectl 1.32+ posts it as protobuf: the same Job must arrive
       assert.are.same(cj.spec.jobTemplate.spec.template.spec.containers, job.spec.template.spec.containers)
       assert.are.equal(cj.spec.jobTemplate.spec.backoffLimit, job.spec.backoffLimit)
-      out = c.ok { "wait", "--for=condition=complete", "job/fidelity-backup", "-n", NS, "--timeout=60s" }
+      out = ok { "wait", "--for=condition=complete", "job/fidelity-backup", "-n", NS, "--timeout=60s" }
       assert.are.equal("job.batch/fidelity-backup condition met\n", out)
-      local r = c.kubectl { "create", "job", "fidelity-backup", "--from=cronjob/mongobackup", "-n", NS }
+      local r = kubectl { "create", "job", "fidelity-backup", "--from=cronjob/mongobackup", "-n", NS }
       assert.are.same({ 1, 'error: failed to create job: jobs.batch "fidelity-backup" already exists\n' }, { r.status, r.stderr })
     end)
 
     it("prints get sts,cronjob,job,svc,secret,pv,pvc,nodes -A as the apiserver's tables", function()
-      local wi = c.sim.world_info
+      local wi = s.world_info
       -- the CronJob controller drops the finished Job from status.active on its next sync
-      assert(c.until_(function() return not c.sim:get("cronjobs.batch", NS, "mongobackup").status.active end))
-      local tables = parse_tables((c.ok { "get", "sts,cronjob,job,svc,secret,pv,pvc,nodes", "-A" }))
+      cluster.eventually(function() return not s:get("cronjobs.batch", NS, "mongobackup").status.active end, 30,
+        "the finished Job to leave status.active")
+      local tables = parse_tables((ok { "get", "sts,cronjob,job,svc,secret,pv,pvc,nodes", "-A" }))
       for kind, want in pairs(h) do
         if not kind:match("^pods") then
           assert(tables[kind], "no table of " .. kind)
@@ -569,11 +534,11 @@ local function kubectl_suite(version)
       local cj = row_named(tables["cronjob.batch"], "cronjob.batch/mongobackup")
       assert.are.same({ "0 3 * * *", "False", "0" }, { cj.SCHEDULE, cj.SUSPEND, cj.ACTIVE })
       assert.are.equal("True", row_named(tables["cronjob.batch"], "cronjob.batch/mongorestore").SUSPEND)
-      if c.minor >= 30 then assert.are.equal("<none>", cj.TIMEZONE) end
+      if minor >= 30 then assert.are.equal("<none>", cj.TIMEZONE) end
       local job = row_named(tables["job.batch"], "job.batch/fidelity-backup")
       assert.are.equal("1/1", job.COMPLETIONS)
       assert.matches(AGE, job.DURATION)
-      if c.minor >= 30 then assert.are.equal("Complete", job.STATUS) end
+      if minor >= 30 then assert.are.equal("Complete", job.STATUS) end
       local lb = row_named(tables.service, "service/nginx-ingress-controller")
       assert.are.same({ "LoadBalancer", wi.lb_hostname }, { lb.TYPE, lb["EXTERNAL-IP"] })
       assert.matches("^80:%d+/TCP,443:%d+/TCP$", lb["PORT(S)"])
@@ -582,72 +547,72 @@ local function kubectl_suite(version)
         { headless.TYPE, headless["CLUSTER-IP"], headless["EXTERNAL-IP"], headless["PORT(S)"] })
       local tls = row_named(tables.secret, "secret/vantiq-ssl-cert")
       assert.are.same({ "kubernetes.io/tls", "2" }, { tls.TYPE, tls.DATA })
-      local claim = c.sim:get("persistentvolumeclaims", NS, "datadir-mongodb-0")
+      local claim = s:get("persistentvolumeclaims", NS, "datadir-mongodb-0")
       local pv = row_named(tables.persistentvolume, "persistentvolume/" .. claim.spec.volumeName)
       assert.are.same({ "", "RWO", "Bound", "vantiq/datadir-mongodb-0", "" },
         { pv.NAMESPACE, pv["ACCESS MODES"], pv.STATUS, pv.CLAIM, pv.REASON })
       local pvc = row_named(tables.persistentvolumeclaim, "persistentvolumeclaim/datadir-mongodb-0")
       assert.are.same({ "Bound", claim.spec.volumeName, "RWO" }, { pvc.STATUS, pvc.VOLUME, pvc["ACCESS MODES"] })
-      if c.minor >= 29 then
+      if minor >= 29 then
         assert.are.same({ "<unset>", "<unset>" }, { pv.VOLUMEATTRIBUTESCLASS, pvc.VOLUMEATTRIBUTESCLASS })
       end
       for _, n in ipairs(tables.node.rows) do
-        assert.are.same({ "", "Ready", c.version }, { n.NAMESPACE, n.STATUS, n.VERSION })
+        assert.are.same({ "", "Ready", s.version }, { n.NAMESPACE, n.STATUS, n.VERSION })
       end
-      assert.are.equal(#c.sim:list("nodes"), #tables.node.rows)
+      assert.are.equal(#s:list("nodes"), #tables.node.rows)
     end)
 
     it("shows a container's logs with -c, --tail, --since, --timestamps, --previous and -f", function()
-      c.ok { "apply", "-f", c.file("logs.yaml", LOG_POD_MANIFEST) }
-      assert(c.until_(function()
-        local p = c.sim:get("pods", NS, LOG_POD)
+      ok { "apply", "-f", cluster.file(s, "logs.yaml", LOG_POD_MANIFEST) }
+      cluster.eventually(function()
+        local p = s:get("pods", NS, LOG_POD)
         local cs = p and p.status.containerStatuses and p.status.containerStatuses[1]
         return cs and cs.ready and cs.restartCount == 1
-      end), "the log pod did not come back after its crash")
-      local function logs(...) return c.ok { "logs", LOG_POD, "-n", NS, ... } end
+      end, 30, "the log pod to come back after its crash")
+      local function logs(...) return ok { "logs", LOG_POD, "-n", NS, ... } end
       assert.are.equal("two hours ago\nline 1\nline 2\nline 3\n", logs("-c", "app"))
       assert.are.equal("line 2\nline 3\n", logs("-c", "app", "--tail=2"))
       assert.are.equal("line 1\nline 2\nline 3\n", logs("-c", "app", "--since=1h"))
       assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d+Z line 3\n$", logs("-c", "app", "--tail=1", "--timestamps"))
       assert.are.equal("first life\n", logs("-c", "app", "--previous"))
-      local r = c.kubectl { "logs", LOG_POD, "-n", NS, "-c", "nope" }
+      local r = kubectl { "logs", LOG_POD, "-n", NS, "-c", "nope" }
       assert.are.same({ 1, ("error: container nope is not valid for pod %s\n"):format(LOG_POD) }, { r.status, r.stderr })
-      r = c.kubectl { "logs", "vantiq-0", "-n", NS, "-c", "vantiq", "--previous" }
+      r = kubectl { "logs", "vantiq-0", "-n", NS, "-c", "vantiq", "--previous" }
       assert.are.same({ 1, 'Error from server (BadRequest): previous terminated container "vantiq" in pod "vantiq-0" not found\n' },
         { r.status, r.stderr })
       -- -f follows until the container ends
       local seen = vq.event()
       local follow = vq.spawn(function()
-        return c.kubectl({ "logs", "-f", LOG_POD, "-n", NS, "-c", "app", "--tail=1" },
+        return kubectl({ "logs", "-f", LOG_POD, "-n", NS, "-c", "app", "--tail=1" },
           { on_stdout = function(out) if out:find("line 3") then seen:set() end end })
       end)
       assert(seen:wait(30), "kubectl logs -f printed nothing")
-      c.more:set()
+      more:set()
       r = assert(follow:wait())
       assert.are.same({ 0, "line 3\nline 4\n" }, { r.status, r.stdout })
     end)
 
     it("applies the guide's telegraf RBAC manifest server-side, and a re-apply conflicts with the aggregation", function()
-      local r = c.kubectl { "get", "clusterrole", "influx:telegraf" }
+      local r = kubectl { "get", "clusterrole", "influx:telegraf" }
       assert.are.same({ 1, 'Error from server (NotFound): clusterroles.rbac.authorization.k8s.io "influx:telegraf" not found\n' },
         { r.status, r.stderr })
-      local path = c.file("telegraf-rbac.yaml", TELEGRAF_RBAC)
-      local out = c.ok { "apply", "--server-side", "-f", path }
+      local path = cluster.file(s, "telegraf-rbac.yaml", TELEGRAF_RBAC)
+      local out = ok { "apply", "--server-side", "-f", path }
       assert.are.equal("clusterrole.rbac.authorization.k8s.io/influx:cluster:viewer serverside-applied\n" ..
         "clusterrole.rbac.authorization.k8s.io/influx:telegraf serverside-applied\n" ..
         "clusterrolebinding.rbac.authorization.k8s.io/influx:telegraf:viewer serverside-applied\n", out)
       local function aggregated()
-        local role = c.sim:get("clusterroles.rbac.authorization.k8s.io", nil, "influx:telegraf")
+        local role = s:get("clusterroles.rbac.authorization.k8s.io", nil, "influx:telegraf")
         for _, rule in ipairs(role and role.rules or {}) do
           for _, res in ipairs(rule.resources or {}) do if res == "nodes" then return true end end
         end
         return false
       end
-      assert(c.until_(aggregated), "the aggregation controller did not fill influx:telegraf")
-      local b = parse_table((c.ok { "get", "clusterrolebinding", "influx:telegraf:viewer", "-o", "wide" }))
+      cluster.eventually(aggregated, 30, "the aggregation controller to fill influx:telegraf")
+      local b = parse_table((ok { "get", "clusterrolebinding", "influx:telegraf:viewer", "-o", "wide" }))
       assert.are.same({ "ClusterRole/influx:telegraf", "shared/telegraf-ds, shared/telegraf-prom" },
         { b.rows[1].ROLE, b.rows[1].SERVICEACCOUNTS })
-      r = c.kubectl { "apply", "--server-side", "-f", path }
+      r = kubectl { "apply", "--server-side", "-f", path }
       assert.are.equal(1, r.status)
       assert.are.equal("clusterrole.rbac.authorization.k8s.io/influx:cluster:viewer serverside-applied\n" ..
         "clusterrolebinding.rbac.authorization.k8s.io/influx:telegraf:viewer serverside-applied\n", r.stdout)
@@ -657,33 +622,34 @@ local function kubectl_suite(version)
     end)
 
     it("applies client-side (kubectl 1.27 validates through /openapi/v2) and deletes a claim and its volume", function()
-      local path = c.file("volumes.yaml", VOLUMES)
+      local path = cluster.file(s, "volumes.yaml", VOLUMES)
       assert.are.equal("persistentvolume/fidelity-pv created\npersistentvolumeclaim/fidelity-pvc created\n",
-        (c.ok { "apply", "-f", path }))
+        (ok { "apply", "-f", path }))
       assert.are.equal("persistentvolume/fidelity-pv unchanged\npersistentvolumeclaim/fidelity-pvc unchanged\n",
-        (c.ok { "apply", "-f", path }))
-      assert(c.until_(function()
-        local pvc = c.sim:get("persistentvolumeclaims", NS, "fidelity-pvc")
+        (ok { "apply", "-f", path }))
+      cluster.eventually(function()
+        local pvc = s:get("persistentvolumeclaims", NS, "fidelity-pvc")
         return pvc and pvc.status.phase == "Bound"
-      end), "fidelity-pvc was not bound")
-      local t = parse_table((c.ok { "get", "pvc", "fidelity-pvc", "-n", NS }))
+      end, 30, "fidelity-pvc to be bound")
+      local t = parse_table((ok { "get", "pvc", "fidelity-pvc", "-n", NS }))
       assert.are.same({ "Bound", "fidelity-pv", "1Gi", "RWO", "manual" },
         { t.rows[1].STATUS, t.rows[1].VOLUME, t.rows[1].CAPACITY, t.rows[1]["ACCESS MODES"], t.rows[1].STORAGECLASS })
-      assert.are.equal('persistentvolumeclaim "fidelity-pvc" deleted\n', (c.ok { "delete", "pvc", "fidelity-pvc", "-n", NS }))
-      assert.is_nil(c.sim:get("persistentvolumeclaims", NS, "fidelity-pvc"))
-      assert(c.until_(function() return c.sim:get("persistentvolumes", nil, "fidelity-pv").status.phase == "Released" end))
-      t = parse_table((c.ok { "get", "pv", "fidelity-pv" }))
+      assert.are.equal('persistentvolumeclaim "fidelity-pvc" deleted\n', (ok { "delete", "pvc", "fidelity-pvc", "-n", NS }))
+      assert.is_nil(s:get("persistentvolumeclaims", NS, "fidelity-pvc"))
+      cluster.eventually(function() return s:get("persistentvolumes", nil, "fidelity-pv").status.phase == "Released" end, 30,
+        "fidelity-pv to be Released")
+      t = parse_table((ok { "get", "pv", "fidelity-pv" }))
       assert.are.same({ "Released", "vantiq/fidelity-pvc", "Retain" }, { t.rows[1].STATUS, t.rows[1].CLAIM, t.rows[1]["RECLAIM POLICY"] })
-      assert.are.equal('persistentvolume "fidelity-pv" deleted\n', (c.ok { "delete", "pv", "fidelity-pv" }))
-      assert.is_nil(c.sim:get("persistentvolumes", nil, "fidelity-pv"))
-      local r = c.kubectl { "delete", "pv", "fidelity-pv" }
+      assert.are.equal('persistentvolume "fidelity-pv" deleted\n', (ok { "delete", "pv", "fidelity-pv" }))
+      assert.is_nil(s:get("persistentvolumes", nil, "fidelity-pv"))
+      local r = kubectl { "delete", "pv", "fidelity-pv" }
       assert.are.same({ 1, 'Error from server (NotFound): persistentvolumes "fidelity-pv" not found\n' }, { r.status, r.stderr })
     end)
 
     it("leaves a claim a pod still uses Terminating", function()
-      local out = c.ok { "delete", "pvc", "datadir-mongodb-2", "-n", NS, "--wait=false" }
+      local out = ok { "delete", "pvc", "datadir-mongodb-2", "-n", NS, "--wait=false" }
       assert.are.equal('persistentvolumeclaim "datadir-mongodb-2" deleted\n', out)
-      local t = parse_table((c.ok { "get", "pvc", "datadir-mongodb-2", "-n", NS }))
+      local t = parse_table((ok { "get", "pvc", "datadir-mongodb-2", "-n", NS }))
       assert.are.equal("Terminating", t.rows[1].STATUS)
     end)
   end)

@@ -4,32 +4,16 @@ local vq = require "vq"
 local http = require "vq.http"
 local util = require "sim.util"
 local run = require("spec.support.run").run
+local cluster = require "spec.support.cluster"
 
 local MODULES = { "sim.auth", "sim.core", "sim.logs", "sim.exec" }
 local NS = "default"
 
-local tmpdir = require("spec.support.run").tmpdir
+-- A simulator of that version, with a kubeconfig and a HOME for kubectl.
+local function start(version) return cluster.start { speed = 0.02, version = version, modules = MODULES } end
+local kubectl = cluster.run_kubectl
 
--- A cluster of its own: a simulator of that version, a kubeconfig and a HOME for kubectl.
-local function cluster(version)
-  local c = { home = tmpdir() }
-  c.sim = require("sim").start { speed = 0.02, version = version, modules = MODULES }
-  c.kubeconfig = c.sim:write_kubeconfig(c.home .. "/kubeconfig")
-  function c.kubectl(args, opts)
-    local cmd = { "kubectl", "--kubeconfig", c.kubeconfig }
-    for _, a in ipairs(args) do cmd[#cmd + 1] = a end
-    for k, v in pairs(opts or {}) do cmd[k] = v end
-    cmd.env = { HOME = c.home }
-    cmd.timeout = cmd.timeout or 30
-    return run(cmd)
-  end
-  function c.get(path) return assert(http.get(c.sim.url .. path, { retries = 0 })) end
-  function c.stop()
-    c.sim:stop()
-    os.execute("rm -rf '" .. c.home .. "'")
-  end
-  return c
-end
+local function get(s, path) return assert(http.get(s.url .. path, { retries = 0 })) end
 
 local function running_state(sim) return { running = { startedAt = util.rfc3339(sim.clock:now()) } } end
 
@@ -67,12 +51,12 @@ local function started(sim, name, container, lines)
 end
 
 --- kubectl logs -f in a task: its result once it ends, and an event set at its first output.
-local function follow(c, args)
+local function follow(s, args)
   local first = vq.event()
   local t = vq.spawn(function()
     local cmd = { "logs", "-f" }
     for _, a in ipairs(args) do cmd[#cmd + 1] = a end
-    return c.kubectl(cmd, { on_stdout = function() first:set() end })
+    return kubectl(s, cmd, { on_stdout = function() first:set() end })
   end)
   return t, first
 end
@@ -80,12 +64,12 @@ end
 -- ---- the store ----
 
 describe("sim.logs, the store", function()
-  local c
-  setup(function() c = cluster() end)
-  teardown(function() c.stop() end)
+  local s
+  setup(function() s = start() end)
+  teardown(function() cluster.finish(s) end)
 
   it("keeps lines with their times, and the previous instance", function()
-    local logs = c.sim.logs
+    local logs = s.logs
     logs:start(NS, "s1", "app", 0)
     logs:write(NS, "s1", "app", "first", 1000.5)
     logs:write(NS, "s1", "app", "two\nlines")
@@ -100,7 +84,7 @@ describe("sim.logs, the store", function()
   end)
 
   it("forgets the previous instance of a new pod of the same name", function()
-    local logs = c.sim.logs
+    local logs = s.logs
     logs:start(NS, "s2", "app", 0)
     logs:write(NS, "s2", "app", "old pod")
     logs:start(NS, "s2", "app", 0)
@@ -108,10 +92,10 @@ describe("sim.logs, the store", function()
   end)
 
   it("keeps only the last max_lines lines", function()
-    local logs = c.sim.logs
+    local logs = s.logs
     local saved = logs.max_lines
     logs.max_lines = 10
-    pod(c.sim, "s3")
+    pod(s, "s3")
     logs:start(NS, "s3", "app", 0)
     for i = 1, 3000 do logs:write(NS, "s3", "app", "l" .. i) end
     logs.max_lines = saved
@@ -119,11 +103,11 @@ describe("sim.logs, the store", function()
     assert.are.equal(10, #lines)
     assert.are.equal("l2991", lines[1])
     assert.are.equal("l3000", lines[10])
-    assert.are.equal("l2996\nl2997\nl2998\nl2999\nl3000\n", c.get("/api/v1/namespaces/default/pods/s3/log?tailLines=5").body)
+    assert.are.equal("l2996\nl2997\nl2998\nl2999\nl3000\n", get(s, "/api/v1/namespaces/default/pods/s3/log?tailLines=5").body)
   end)
 
   it("keeps at most max_bytes of lines", function()
-    local logs = c.sim.logs
+    local logs = s.logs
     local saved = logs.max_bytes
     logs.max_bytes = 100
     logs:start(NS, "s6", "app", 0)
@@ -135,31 +119,31 @@ describe("sim.logs, the store", function()
   end)
 
   it("serves only the file written since the last rotation", function()
-    pod(c.sim, "s4")
-    local logs = c.sim.logs
-    started(c.sim, "s4", "app", { "before" })
+    pod(s, "s4")
+    local logs = s.logs
+    started(s, "s4", "app", { "before" })
     logs:rotate(NS, "s4", "app")
     logs:write(NS, "s4", "app", "after")
     assert.are.same({ "after" }, (logs:lines(NS, "s4", "app")))
-    assert.are.equal("after\n", c.get("/api/v1/namespaces/default/pods/s4/log").body)
+    assert.are.equal("after\n", get(s, "/api/v1/namespaces/default/pods/s4/log").body)
   end)
 
   it("drops a deleted pod's logs", function()
-    local p = pod(c.sim, "s5")
-    started(c.sim, "s5", "app", { "x" })
-    c.sim:delete("pods", p, { grace = 0 })
-    assert.are.same({}, (c.sim.logs:lines(NS, "s5", "app")))
+    local p = pod(s, "s5")
+    started(s, "s5", "app", { "x" })
+    s:delete("pods", p, { grace = 0 })
+    assert.are.same({}, (s.logs:lines(NS, "s5", "app")))
   end)
 end)
 
 -- ---- pods/log over HTTP ----
 
 describe("pods/log", function()
-  local c
-  setup(function() c = cluster() end)
-  teardown(function() c.stop() end)
+  local s
+  setup(function() s = start() end)
+  teardown(function() cluster.finish(s) end)
 
-  local function log(name, query) return c.get("/api/v1/namespaces/default/pods/" .. name .. "/log" .. (query or "")) end
+  local function log(name, query) return get(s, "/api/v1/namespaces/default/pods/" .. name .. "/log" .. (query or "")) end
 
   it("is 404 for a missing pod", function()
     local r = log("nope")
@@ -168,7 +152,7 @@ describe("pods/log", function()
   end)
 
   it("wants a container when the pod has several, as the apiserver says", function()
-    pod(c.sim, "multi", { containers = { "a", "b" }, init = "setup" })
+    pod(s, "multi", { containers = { "a", "b" }, init = "setup" })
     local r = log("multi")
     assert.are.equal(400, r.status)
     assert.are.equal("a container name must be specified for pod multi, choose one of: [a b] or one of the init containers: [setup]", r.json.message)
@@ -179,37 +163,37 @@ describe("pods/log", function()
   end)
 
   it("says why a container that has not started has no logs", function()
-    pod(c.sim, "creating", { states = { app = { waiting = { reason = "ContainerCreating" } } } })
+    pod(s, "creating", { states = { app = { waiting = { reason = "ContainerCreating" } } } })
     local r = log("creating")
     assert.are.equal(400, r.status)
     assert.are.equal('container "app" in pod "creating" is waiting to start: ContainerCreating', r.json.message)
-    pod(c.sim, "initing", { init = "setup", no_status = true })
+    pod(s, "initing", { init = "setup", no_status = true })
     assert.are.equal('container "app" in pod "initing" is waiting to start: PodInitializing', log("initing").json.message)
-    pod(c.sim, "pulling", { states = { app = { waiting = { reason = "ImagePullBackOff" } } } })
+    pod(s, "pulling", { states = { app = { waiting = { reason = "ImagePullBackOff" } } } })
     assert.are.equal('container "app" in pod "pulling" is waiting to start: trying and failing to pull image', log("pulling").json.message)
   end)
 
   it("serves the last run of a container in CrashLoopBackOff, as the kubelet does", function()
-    pod(c.sim, "crashing", { restarts = 3, states = { app = { waiting = { reason = "CrashLoopBackOff" } } },
+    pod(s, "crashing", { restarts = 3, states = { app = { waiting = { reason = "CrashLoopBackOff" } } },
       last_state = { terminated = { exitCode = 1, reason = "Error", containerID = "containerd://x" } } })
-    started(c.sim, "crashing", "app", { "panic: no mongo" })
-    c.sim.logs:stop(NS, "crashing", "app")
+    started(s, "crashing", "app", { "panic: no mongo" })
+    s.logs:stop(NS, "crashing", "app")
     assert.are.equal("panic: no mongo\n", log("crashing").body)
   end)
 
   it("answers an unscheduled pod with nothing", function()
-    pod(c.sim, "unscheduled", { node = false, no_status = true })
+    pod(s, "unscheduled", { node = false, no_status = true })
     local r = log("unscheduled")
     assert.are.equal(200, r.status)
     assert.are.equal("", r.body)
   end)
 
   it("takes tailLines, limitBytes, sinceTime and timestamps", function()
-    pod(c.sim, "params")
-    local now = c.sim.clock:now()
-    c.sim.logs:start(NS, "params", "app", 0)
-    write(c.sim, "params", "app", { "old-1", "old-2" }, now - 7200)
-    write(c.sim, "params", "app", { "new-1", "new-2", "new-3" }, now - 10)
+    pod(s, "params")
+    local now = s.clock:now()
+    s.logs:start(NS, "params", "app", 0)
+    write(s, "params", "app", { "old-1", "old-2" }, now - 7200)
+    write(s, "params", "app", { "new-1", "new-2", "new-3" }, now - 10)
     assert.are.equal("new-2\nnew-3\n", log("params", "?tailLines=2").body)
     assert.are.equal("", log("params", "?tailLines=0").body)
     assert.are.equal("old-1\nol", log("params", "?limitBytes=8").body)
@@ -222,7 +206,7 @@ describe("pods/log", function()
   end)
 
   it("refuses invalid options as the apiserver does", function()
-    pod(c.sim, "invalid")
+    pod(s, "invalid")
     local r = log("invalid", "?tailLines=-1")
     assert.are.equal(422, r.status)
     assert.matches("tailLines: Invalid value: %-1", r.json.message)
@@ -232,22 +216,22 @@ describe("pods/log", function()
   end)
 
   it("says when there is no previous container", function()
-    pod(c.sim, "fresh")
+    pod(s, "fresh")
     local r = log("fresh", "?previous=true")
     assert.are.equal(400, r.status)
     assert.are.equal('previous terminated container "app" in pod "fresh" not found', r.json.message)
   end)
 
   it("ends a follow when the client goes", function()
-    pod(c.sim, "leaving")
-    started(c.sim, "leaving", "app", { "one" })
+    pod(s, "leaving")
+    started(s, "leaving", "app", { "one" })
     local function open_conns()
       local n = 0
-      for _ in pairs(c.sim.server.conns) do n = n + 1 end
+      for _ in pairs(s.server.conns) do n = n + 1 end
       return n
     end
     local before = open_conns()
-    local r = run { "curl", "-s", "-N", "--max-time", "0.5", c.sim.url .. "/api/v1/namespaces/default/pods/leaving/log?follow=true" }
+    local r = run { "curl", "-s", "-N", "--max-time", "0.5", s.url .. "/api/v1/namespaces/default/pods/leaving/log?follow=true" }
     assert.are.equal("one\n", r.stdout)
     for _ = 1, 30 do
       if open_conns() == before then break end
@@ -261,94 +245,94 @@ end)
 
 local function kubectl_logs_suite(version, label)
   describe("kubectl logs against " .. label, function()
-    local c
-    setup(function() c = cluster(version) end)
-    teardown(function() c.stop() end)
+    local s
+    setup(function() s = start(version) end)
+    teardown(function() cluster.finish(s) end)
 
     it("prints a container's lines, the last few, and with timestamps", function()
-      pod(c.sim, "web", { containers = { "app", "sidecar" } })
-      started(c.sim, "web", "app", { "starting", "listening on 8080", "ready" })
-      local r = c.kubectl { "logs", "web", "-c", "app" }
+      pod(s, "web", { containers = { "app", "sidecar" } })
+      started(s, "web", "app", { "starting", "listening on 8080", "ready" })
+      local r = kubectl(s, { "logs", "web", "-c", "app" })
       assert.are.equal(0, r.status, r.stderr)
       assert.are.equal("starting\nlistening on 8080\nready\n", r.stdout)
-      r = c.kubectl { "logs", "web", "-c", "app", "--tail=2" }
+      r = kubectl(s, { "logs", "web", "-c", "app", "--tail=2" })
       assert.are.equal("listening on 8080\nready\n", r.stdout)
-      r = c.kubectl { "logs", "web", "-c", "app", "--tail=1", "--timestamps" }
+      r = kubectl(s, { "logs", "web", "-c", "app", "--tail=1", "--timestamps" })
       assert.matches("^%d+%-%d+%-%d+T%d+:%d+:%d+%.%d+Z ready\n$", r.stdout)
     end)
 
     it("keeps to --since", function()
-      pod(c.sim, "since")
-      c.sim.logs:start(NS, "since", "app", 0)
-      write(c.sim, "since", "app", { "yesterday" }, c.sim.clock:now() - 86400)
-      write(c.sim, "since", "app", { "just now" })
-      local r = c.kubectl { "logs", "since", "--since=1h" }
+      pod(s, "since")
+      s.logs:start(NS, "since", "app", 0)
+      write(s, "since", "app", { "yesterday" }, s.clock:now() - 86400)
+      write(s, "since", "app", { "just now" })
+      local r = kubectl(s, { "logs", "since", "--since=1h" })
       assert.are.equal(0, r.status, r.stderr)
       assert.are.equal("just now\n", r.stdout)
     end)
 
     it("shows the previous container with --previous, and says when there is none", function()
-      pod(c.sim, "restarted", { restarts = 1,
+      pod(s, "restarted", { restarts = 1,
         last_state = { terminated = { exitCode = 137, reason = "OOMKilled", containerID = "containerd://old" } } })
-      started(c.sim, "restarted", "app", { "before the crash" })
-      c.sim.logs:stop(NS, "restarted", "app")
-      c.sim.logs:start(NS, "restarted", "app", 1)
-      write(c.sim, "restarted", "app", { "after the restart" })
-      local r = c.kubectl { "logs", "restarted", "--previous" }
+      started(s, "restarted", "app", { "before the crash" })
+      s.logs:stop(NS, "restarted", "app")
+      s.logs:start(NS, "restarted", "app", 1)
+      write(s, "restarted", "app", { "after the restart" })
+      local r = kubectl(s, { "logs", "restarted", "--previous" })
       assert.are.equal(0, r.status, r.stderr)
       assert.are.equal("before the crash\n", r.stdout)
-      assert.are.equal("after the restart\n", c.kubectl({ "logs", "restarted" }).stdout)
-      pod(c.sim, "first-life")
-      r = c.kubectl { "logs", "first-life", "--previous" }
+      assert.are.equal("after the restart\n", kubectl(s, { "logs", "restarted" }).stdout)
+      pod(s, "first-life")
+      r = kubectl(s, { "logs", "first-life", "--previous" })
       assert.are.equal(1, r.status)
       assert.matches('previous terminated container "app" in pod "first%-life" not found', r.stderr)
     end)
 
     it("says a waiting container is waiting", function()
-      pod(c.sim, "waiting", { states = { app = { waiting = { reason = "ContainerCreating" } } } })
-      local r = c.kubectl { "logs", "waiting" }
+      pod(s, "waiting", { states = { app = { waiting = { reason = "ContainerCreating" } } } })
+      local r = kubectl(s, { "logs", "waiting" })
       assert.are.equal(1, r.status)
       assert.matches('container "app" in pod "waiting" is waiting to start: ContainerCreating', r.stderr, 1, true)
     end)
 
     it("follows until the container stops", function()
-      pod(c.sim, "follow")
-      started(c.sim, "follow", "app", { "one" })
-      local t, first = follow(c, { "follow" })
+      pod(s, "follow")
+      started(s, "follow", "app", { "one" })
+      local t, first = follow(s, { "follow" })
       assert(first:wait(20), "kubectl printed nothing")
-      write(c.sim, "follow", "app", { "two", "three" })
+      write(s, "follow", "app", { "two", "three" })
       vq.sleep(0.1)
-      c.sim.logs:stop(NS, "follow", "app")
+      s.logs:stop(NS, "follow", "app")
       local r = assert(t:wait())
       assert.are.equal(0, r.status, r.stderr)
       assert.are.equal("one\ntwo\nthree\n", r.stdout)
     end)
 
     it("has its follow cut by a log rotation, and then shows only the new file", function()
-      pod(c.sim, "rotating")
-      started(c.sim, "rotating", "app", { "a1", "a2" })
-      local t, first = follow(c, { "rotating" })
+      pod(s, "rotating")
+      started(s, "rotating", "app", { "a1", "a2" })
+      local t, first = follow(s, { "rotating" })
       assert(first:wait(20), "kubectl printed nothing")
-      write(c.sim, "rotating", "app", { "a3" })
-      c.sim.logs:rotate(NS, "rotating", "app")
-      write(c.sim, "rotating", "app", { "b1" })
+      write(s, "rotating", "app", { "a3" })
+      s.logs:rotate(NS, "rotating", "app")
+      write(s, "rotating", "app", { "b1" })
       local r = assert(t:wait())
       assert.are.equal(0, r.status, r.stderr)
       assert.are.equal("a1\na2\na3\n", r.stdout)
-      assert.are.equal("b1\n", c.kubectl({ "logs", "rotating" }).stdout)
+      assert.are.equal("b1\n", kubectl(s, { "logs", "rotating" }).stdout)
     end)
 
     it("rotates every n lines when a scenario says so", function()
-      pod(c.sim, "chatty")
-      started(c.sim, "chatty", "app", { "c1" })
-      c.sim.logs.rotate_every = 3
-      local t, first = follow(c, { "chatty" })
+      pod(s, "chatty")
+      started(s, "chatty", "app", { "c1" })
+      s.logs.rotate_every = 3
+      local t, first = follow(s, { "chatty" })
       assert(first:wait(20), "kubectl printed nothing")
-      write(c.sim, "chatty", "app", { "c2", "c3", "c4" })
+      write(s, "chatty", "app", { "c2", "c3", "c4" })
       local r = assert(t:wait())
-      c.sim.logs.rotate_every = nil
+      s.logs.rotate_every = nil
       assert.are.equal("c1\nc2\nc3\n", r.stdout)
-      assert.are.equal("c4\n", c.kubectl({ "logs", "chatty" }).stdout)
+      assert.are.equal("c4\n", kubectl(s, { "logs", "chatty" }).stdout)
     end)
   end)
 end
@@ -358,24 +342,24 @@ kubectl_logs_suite(nil, "the default version (kubectl 1.30)")
 describe("kubectl logs of other versions", function()
   for _, version in ipairs { "v1.27.16", "v1.33.1" } do
     it("works with kubectl " .. version, function()
-      local c = cluster(version)
+      local s = start(version)
       local ok, err = pcall(function()
-        pod(c.sim, "app-0")
-        started(c.sim, "app-0", "app", { "one", "two" })
-        local r = c.kubectl { "logs", "app-0", "--tail=1" }
+        pod(s, "app-0")
+        started(s, "app-0", "app", { "one", "two" })
+        local r = kubectl(s, { "logs", "app-0", "--tail=1" })
         assert.are.equal(0, r.status, r.stderr)
         assert.are.equal("two\n", r.stdout)
-        local t, first = follow(c, { "app-0" })
+        local t, first = follow(s, { "app-0" })
         assert(first:wait(20), "kubectl printed nothing")
-        write(c.sim, "app-0", "app", { "three" })
-        c.sim.logs:rotate(NS, "app-0", "app")
+        write(s, "app-0", "app", { "three" })
+        s.logs:rotate(NS, "app-0", "app")
         r = assert(t:wait())
         assert.are.equal("one\ntwo\nthree\n", r.stdout)
         -- the dispatcher ran the kubectl of the server's minor version
-        local v = require("json").decode(c.kubectl({ "version", "-o", "json" }).stdout)
+        local v = require("json").decode(kubectl(s, { "version", "-o", "json" }).stdout)
         assert.are.equal(version:match("^v1%.(%d+)"), v.clientVersion.minor)
       end)
-      c.stop()
+      cluster.finish(s)
       assert(ok, err)
     end)
   end

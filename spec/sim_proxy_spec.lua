@@ -3,9 +3,8 @@
 local json = require "json"
 local http = require "vq.http"
 local base64 = require "vq.base64"
-local sim_mod = require "sim"
 local proxy = require "sim.proxy"
-local run = require "spec.support.run"
+local cluster = require "spec.support.cluster"
 
 local sim
 local VANTIQ_NS = "vantiq-prod"
@@ -46,7 +45,7 @@ end
 local function basic(user, pass) return "Basic " .. base64.encode(user .. ":" .. pass) end
 
 setup(function()
-  sim = sim_mod.start { modules = { "sim.auth", "sim.core", "sim.proxy", world } }
+  sim = cluster.start { modules = { "sim.auth", "sim.core", "sim.proxy", world } }
   namespace("shared")
   namespace(VANTIQ_NS)
   for _, s in ipairs { { "influxdb", 8086 }, { "grafana", 80 }, { "keycloak", 8080 } } do
@@ -63,7 +62,7 @@ setup(function()
   pod(VANTIQ_NS, "vantiq-0", { app = "vantiq" }, true, "vantiq/vantiq-server:1.37.4")
 end)
 
-teardown(function() sim:stop() end)
+teardown(function() cluster.finish(sim) end)
 
 describe("InfluxDB through services/proxy", function()
   local function query(q, db, extra)
@@ -116,13 +115,8 @@ describe("InfluxDB through services/proxy", function()
 
   it("is reached by real kubectl get --raw", function()
     if not os.execute("command -v kubectl >/dev/null 2>&1") then return pending("kubectl not installed") end
-    local dir = os.tmpname()
-    local kubeconfig = sim:write_kubeconfig(dir .. ".kubeconfig")
-    local r = run.run { "kubectl", "get", "--raw",
-      "/api/v1/namespaces/shared/services/influxdb:8086/proxy/query?q=SHOW%20MEASUREMENTS&db=kubernetes",
-      env = { KUBECONFIG = kubeconfig, HOME = os.getenv("HOME") or "/tmp" }, timeout = 60 }
-    os.remove(kubeconfig)
-    os.remove(dir)
+    local r = cluster.run_kubectl(sim, { "get", "--raw",
+      "/api/v1/namespaces/shared/services/influxdb:8086/proxy/query?q=SHOW%20MEASUREMENTS&db=kubernetes" })
     assert.are.equal(0, r.status, r.stderr)
     local body = json.decode(r.stdout)
     assert.are.equal("measurements", body.results[1].series[1].name)

@@ -3,192 +3,64 @@ local tls = require "vq.tls"
 local vq = require "vq"
 local uv = require "luv"
 local log = require "log"
-local run = require "spec.support.run"
+local pki_mod = require "spec.support.pki"
 local nginx = require "spec.support.nginx"
 
 local DAY = 86400
 local HOST = "vantiq.example.test"
 local PASSPHRASE = "correct horse battery staple"
 
-local dir
-local function path(name) return dir .. "/" .. name end
-
-local function read(name)
-  local f = assert(io.open(path(name), "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(name, text)
-  local f = assert(io.open(path(name), "wb"))
-  f:write(text)
-  f:close()
-end
-
-local function cat(out, ...)
-  local parts = {}
-  for i, name in ipairs { ... } do parts[i] = read(name) end
-  write(out, table.concat(parts))
-end
-
-local function openssl(...)
-  local r = run.run { "openssl", ... }
-  assert(r.status == 0, "openssl " .. table.concat({ ... }, " ") .. ": " .. r.stderr)
-  return r.stdout
-end
+local pki
+local function path(name) return pki:path(name) end
+local function read(name) return pki:read(name) end
+local function write(name, text) pki:write(name, text) end
 
 -- What `openssl x509 -noout -<field>` prints after the "=".
 local function x509_field(name, ...)
-  local out = openssl("x509", "-in", path(name), "-noout", ...)
+  local out = pki:openssl("x509", "-in", path(name), "-noout", ...)
   return (out:match("=(.-)%s*$"))
 end
 
-local function stamp(offset) return os.date("!%Y%m%d%H%M%SZ", os.time() + offset) end
+local SAN = "DNS:" .. HOST .. ",DNS:*.apps.example.test,IP:127.0.0.1"
 
-local CONFIG = [[
-[req]
-distinguished_name = req_dn
-[req_dn]
-[ca]
-default_ca = test_ca
-[test_ca]
-database = DIR/index.txt
-new_certs_dir = DIR/newcerts
-serial = DIR/serial
-default_md = sha256
-policy = policy_any
-unique_subject = no
-email_in_dn = no
-preserve = yes
-copy_extensions = none
-[policy_any]
-organizationName = optional
-commonName = supplied
-[v3_root]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[v3_int]
-basicConstraints = critical,CA:TRUE,pathlen:0
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid:always
-[leaf_base]
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-subjectKeyIdentifier = hash
-[v3_leaf]
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid:always
-subjectAltName = DNS:vantiq.example.test,DNS:*.apps.example.test,IP:127.0.0.1
-[v3_other]
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-authorityKeyIdentifier = keyid:always
-subjectAltName = DNS:other.example.test
-[v3_broken]
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-authorityKeyIdentifier = keyid:always
-subjectAltName = DNS:broken.example.test
-[v3_partial]
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-authorityKeyIdentifier = keyid:always
-subjectAltName = DNS:vq*.example.test
-[v3_self]
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:vantiq.example.test
-]]
-
-local KEYGEN = {
-  ec = { "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256" },
-  rsa = { "-newkey", "rsa:2048" },
-  ed25519 = { "-newkey", "ed25519" },
-}
-
-local function request(name, subject, kind)
-  local args = { "req", "-new", "-config", path("ca.cnf"), "-nodes", "-keyout", path(name .. ".key"),
-                 "-out", path(name .. ".csr"), "-subj", subject }
-  for _, a in ipairs(KEYGEN[kind or "ec"]) do args[#args + 1] = a end
-  openssl(table.unpack(args))
-end
-
--- Signs name.csr with the CA `by` into name.crt; validity: {days=} or {from=, to=} offsets.
-local function sign(name, by, extensions, validity)
-  local args = { "ca", "-batch", "-notext", "-config", path("ca.cnf"), "-cert", path(by .. ".crt"),
-                 "-keyfile", path(by .. ".key"), "-in", path(name .. ".csr"), "-out", path(name .. ".crt"),
-                 "-extensions", extensions }
-  if validity.days then
-    args[#args + 1], args[#args + 2] = "-days", tostring(validity.days)
-  else
-    for _, a in ipairs { "-startdate", stamp(validity.from), "-enddate", stamp(validity.to) } do
-      args[#args + 1] = a
-    end
-  end
-  openssl(table.unpack(args))
+-- A leaf the intermediate signs: for HOST, an EC key, 90 days, unless o says otherwise.
+local function leaf(name, o)
+  o.by, o.key, o.cn, o.san = "int", o.key or "ec", o.cn or HOST, o.san or SAN
+  if not o.from then o.days = 90 end
+  pki:cert(name, o)
 end
 
 local function make_pki()
-  write("ca.cnf", (CONFIG:gsub("DIR", dir)))
-  write("index.txt", "")
-  write("serial", "1000\n")
-  assert(uv.fs_mkdir(path("newcerts"), tonumber("700", 8)))
-  openssl("req", "-x509", "-config", path("ca.cnf"), "-extensions", "v3_root", "-newkey", "rsa:2048",
-    "-nodes", "-keyout", path("root.key"), "-out", path("root.crt"), "-subj", "/CN=Vantiq Test Root CA",
-    "-days", "3650")
-  request("int", "/O=Vantiq Test/CN=Vantiq Test Intermediate CA")
-  sign("int", "root", "v3_int", { days = 1825 })
-  request("leaf", "/CN=" .. HOST)
-  sign("leaf", "int", "v3_leaf", { days = 90 })
-  request("rsa", "/CN=" .. HOST, "rsa")
-  sign("rsa", "int", "v3_leaf", { days = 90 })
-  request("ed", "/CN=" .. HOST, "ed25519")
-  sign("ed", "int", "v3_leaf", { days = 90 })
-  request("expired", "/CN=" .. HOST)
-  sign("expired", "int", "v3_leaf", { from = -30 * DAY, to = -3 * DAY - 3600 })
-  request("future", "/CN=" .. HOST)
-  sign("future", "int", "v3_leaf", { from = 2 * DAY + 3600, to = 92 * DAY })
-  request("other", "/CN=other.example.test")
-  sign("other", "int", "v3_other", { days = 90 })
-  request("partial", "/CN=vq1.example.test")
-  sign("partial", "int", "v3_partial", { days = 90 })
-  request("broken", "/CN=broken.example.test")
-  sign("broken", "int", "v3_broken", { days = 90 })
-  openssl("req", "-x509", "-config", path("ca.cnf"), "-extensions", "v3_self", "-newkey", "ec",
-    "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", path("self.key"), "-out", path("self.crt"),
-    "-subj", "/CN=" .. HOST, "-days", "90")
-  openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path("wrong.key"))
-  openssl("pkey", "-in", path("leaf.key"), "-aes256", "-passout", "pass:" .. PASSPHRASE,
+  pki = pki_mod.new()
+  pki:ca("root", { cn = "Vantiq Test Root CA", days = 3650 })
+  pki:ca("int", { by = "root", subject = "/O=Vantiq Test/CN=Vantiq Test Intermediate CA", key = "ec", days = 1825 })
+  leaf("leaf", {})
+  leaf("rsa", { key = "rsa" })
+  leaf("ed", { key = "ed25519" })
+  leaf("expired", { from = -30 * DAY, to = -3 * DAY - 3600 })
+  leaf("future", { from = 2 * DAY + 3600, to = 92 * DAY })
+  leaf("other", { cn = "other.example.test", san = "DNS:other.example.test" })
+  leaf("partial", { cn = "vq1.example.test", san = "DNS:vq*.example.test" })
+  leaf("broken", { cn = "broken.example.test", san = "DNS:broken.example.test" })
+  pki:cert("self", { cn = HOST, san = "DNS:" .. HOST, key = "ec", days = 90 })
+  pki:key("wrong", "ec")
+  pki:openssl("pkey", "-in", path("leaf.key"), "-aes256", "-passout", "pass:" .. PASSPHRASE,
     "-out", path("leaf.enc.key"))
-  openssl("rsa", "-in", path("rsa.key"), "-aes256", "-traditional", "-passout", "pass:" .. PASSPHRASE,
+  pki:openssl("rsa", "-in", path("rsa.key"), "-aes256", "-traditional", "-passout", "pass:" .. PASSPHRASE,
     "-out", path("rsa.enc.key"))
-  cat("chain.crt", "leaf.crt", "int.crt")
-  cat("full.crt", "leaf.crt", "int.crt", "root.crt")
-  cat("reversed.crt", "int.crt", "leaf.crt")
-  cat("shuffled.crt", "leaf.crt", "root.crt", "int.crt")
-  cat("expired-chain.crt", "expired.crt", "int.crt")
-  cat("future-chain.crt", "future.crt", "int.crt")
-  cat("other-chain.crt", "other.crt", "int.crt")
+  pki:bundle("chain.crt", "leaf.crt", "int.crt")
+  pki:bundle("full.crt", "leaf.crt", "int.crt", "root.crt")
+  pki:bundle("reversed.crt", "int.crt", "leaf.crt")
+  pki:bundle("shuffled.crt", "leaf.crt", "root.crt", "int.crt")
+  pki:bundle("expired-chain.crt", "expired.crt", "int.crt")
+  pki:bundle("future-chain.crt", "future.crt", "int.crt")
+  pki:bundle("other-chain.crt", "other.crt", "int.crt")
 end
 
-setup(function()
-  dir = assert(uv.fs_mkdtemp("/tmp/vq-tls-spec-XXXXXX"))
-  make_pki()
-end)
+setup(make_pki)
 
 teardown(function()
-  if dir then run.run { "rm", "-rf", dir } end
+  if pki then pki:remove() end
 end)
 
 local function has(list, pattern)
@@ -563,7 +435,7 @@ describe("tls.fetch_chain", function()
 
   it("compares with a file, PEM text and a Secret", function()
     local served = assert(tls.served("127.0.0.1", server.port, HOST))
-    local b64 = openssl("base64", "-A", "-in", path("chain.crt"))
+    local b64 = pki:openssl("base64", "-A", "-in", path("chain.crt"))
     assert.are.same({ true, "same" }, { tls.compare(served, { data = { ["tls.crt"] = b64 } }) })
     assert.are.same({ true, "same" }, { tls.compare({ ["tls.crt"] = read("chain.crt") }, served) })
     assert.are.same({ true, "same" }, { tls.compare(read("chain.crt"), served.certs) })

@@ -487,34 +487,9 @@ local has_nginx = uv.fs_stat(NGINX) and package.searchpath("spec.support.nginx",
 local HOST = "ws.example.test"
 
 describe("wss", function()
-  local dir, n, tls_base, connect_to
-  local function path(name) return dir .. "/" .. name end
-  local function read(name)
-    local f = assert(io.open(path(name), "rb"))
-    local text = f:read("a")
-    f:close()
-    return text
-  end
-  local function write(name, text)
-    local f = assert(io.open(path(name), "wb"))
-    f:write(text)
-    f:close()
-  end
-  local function openssl(...)
-    local r = run.run { "openssl", ... }
-    assert(r.status == 0, "openssl: " .. r.stderr)
-  end
-  local function ca(name)
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", path(name .. ".key"),
-            "-out", path(name .. ".crt"), "-subj", "/CN=" .. name, "-days", "2")
-  end
-  local function leaf(name, subject, ext)
-    write(name .. ".ext", ext)
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", path(name .. ".key"),
-            "-out", path(name .. ".csr"), "-subj", "/CN=" .. subject)
-    openssl("x509", "-req", "-in", path(name .. ".csr"), "-CA", path("ca.crt"), "-CAkey", path("ca.key"),
-            "-CAcreateserial", "-out", path(name .. ".crt"), "-days", "2", "-extfile", path(name .. ".ext"))
-  end
+  local pki, n, tls_base, connect_to
+  local function path(name) return pki:path(name) end
+  local function read(name) return pki:read(name) end
   local function wss(route, opts)
     opts = opts or {}
     opts.url = tls_base .. route
@@ -524,11 +499,11 @@ describe("wss", function()
 
   setup(function()
     if not has_nginx then return end
-    dir = assert(uv.fs_mkdtemp("/tmp/vq-ws-XXXXXX"))
-    ca("ca")
-    ca("other-ca")
-    leaf("server", HOST, "subjectAltName=DNS:" .. HOST .. "\nextendedKeyUsage=serverAuth\n")
-    leaf("client", "vq-ws-client", "extendedKeyUsage=clientAuth\n")
+    pki = require("spec.support.pki").new()
+    pki:ca("ca", { key = "ec" })
+    pki:ca("other-ca", { key = "ec" })
+    pki:cert("server", { by = "ca", cn = HOST, san = "DNS:" .. HOST, key = "ec" })
+    pki:cert("client", { by = "ca", cn = "vq-ws-client", usage = "client", key = "ec" })
     local upstream = listener:getsockname().port
     n = require("spec.support.nginx").start { servers = { {
       server_name = HOST, cert = path("server.crt"), key = path("server.key"),
@@ -542,7 +517,7 @@ describe("wss", function()
 
   teardown(function()
     if n then n:stop() end
-    if dir then run.run { "rm", "-rf", dir } end
+    if pki then pki:remove() end
   end)
 
   local it_tls = has_nginx and it or pending
