@@ -26,6 +26,7 @@ local concat = table.concat
 local STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 local OUT_CHUNK = 32 * 1024
 local STREAMS_TIMEOUT = 30 -- seconds a SPDY client has to open its streams (the kubelet's)
+local EXEC_START = 0.05 -- seconds from the upgrade to the process running (see upgrade_websocket)
 
 -- ---- small helpers ----
 
@@ -1164,6 +1165,9 @@ local function upgrade_websocket(sim, req, res, p)
   local headers, err = ws.handshake_headers(req, protocol)
   if not headers then return api_mod.send_status(res, 400, err, "BadRequest") end
   local session = ws_session(res:upgrade(headers), version, p)
+  -- A container runtime takes a moment to start the process; client-go's WebSocket
+  -- executor only sets up its streams after the upgrade, and drops output that comes first.
+  vq.sleep(EXEC_START)
   session:finish(status_payload(version, p.command, run_in_session(sim, session, p)))
 end
 
