@@ -74,7 +74,7 @@ end
 local function types_at(registry, gv, minor)
   local types = {}
   for _, t in ipairs(registry:list()) do
-    if t.api_version == gv and resources.served(t, minor) then types[#types + 1] = t end
+    if t.api_version == gv and resources.served(t, minor) and not t.unpublished then types[#types + 1] = t end
   end
   return types
 end

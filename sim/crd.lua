@@ -18,6 +18,7 @@
 -- x-kubernetes-preserve-unknown-fields (or additionalProperties) keeps them, and absent
 -- properties with a default get it. Other schema validation (types, formats, required,
 -- CEL rules) is not done.
+local vq = require "vq"
 local json = require "json"
 local util = require "sim.util"
 local api_mod = require "sim.api"
@@ -369,6 +370,21 @@ local function types_of(crd)
   return out
 end
 
+-- The real apiserver serves an established CRD's resources at once but lists them in
+-- discovery only when its discovery controller next runs; crd_publish_delay (seconds,
+-- default 0) plays that lag for clients that must not depend on it.
+local function publish_later(sim, name, types)
+  local delay = sim.crd_publish_delay or 0
+  if delay <= 0 then return end
+  for _, t in ipairs(types) do t.unpublished = true end
+  sim:spawn(function()
+    vq.sleep(delay)
+    if sim.types:of(name) == types then
+      for _, t in ipairs(types) do t.unpublished = nil end
+    end
+  end)
+end
+
 local function serve(sim, crd)
   local name = crd.metadata.name
   local types = M.established(crd) and types_of(crd) or nil
@@ -380,6 +396,7 @@ local function serve(sim, crd)
     scale = scale or t.scale ~= nil
   end
   if not key then return end
+  publish_later(sim, name, types)
   sim.admission[key] = admit_custom(by_version)
   sim.subresources[key .. "/scale"] = scale and require("sim.core").scale_handler or nil
 end

@@ -192,6 +192,7 @@ function M.start(opts)
     bookmark_interval = opts.bookmark_interval or 1,
     -- the AggregatedDiscoveryEndpoint feature gate (on by default from 1.27)
     aggregated_discovery = opts.aggregated_discovery ~= false,
+    crd_publish_delay = opts.crd_publish_delay, -- see sim/crd.lua
     tasks = {}, stoppers = {},
     admission = {}, subresources = {}, create_handlers = {}, convert = {}, extra_routes = {},
     token = opts.token or ("vqsim-" .. require("sim.util").random_suffix(24)),

@@ -200,7 +200,9 @@ end
 function Registry:groups(minor)
   local out, by_name = M.groups(minor), {}
   for _, g in ipairs(out) do by_name[g.name] = g end
-  for _, t in ipairs(self.custom) do add_group_version(out, by_name, t) end
+  for _, t in ipairs(self.custom) do
+    if not t.unpublished then add_group_version(out, by_name, t) end
+  end
   return out
 end
 

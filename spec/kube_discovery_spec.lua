@@ -188,3 +188,42 @@ describe("custom resources", function()
     assert.is_nil(k:get("widgets", "w1"))
   end)
 end)
+
+describe("a CRD established but not yet in discovery", function()
+  local lagging, c
+  setup(function()
+    lagging = cluster.start { speed = 0.02, modules = { "sim.auth", "sim.core" }, crd_publish_delay = 30 }
+    c = assert(kube.connect { kubeconfig = lagging.spec_kubeconfig, namespace = "default" })
+  end)
+  teardown(function() cluster.finish(lagging) end)
+
+  it("is used at once, read from the CRD itself", function()
+    local two = crd("dials", "Dial", { short = { "dl" } })
+    two.spec.versions = {
+      { name = "v1beta1", served = true, storage = false, schema = two.spec.versions[1].schema },
+      { name = "v1", served = true, storage = true, schema = two.spec.versions[1].schema },
+      { name = "v2alpha1", served = true, storage = false, schema = two.spec.versions[1].schema },
+    }
+    assert(c:create(two))
+    local apis = assert(c:request { path = "/apis" })
+    for _, g in ipairs(apis.groups or apis.items or {}) do assert.are_not.equal("example.com", g.name or g.metadata.name) end
+    local t = assert(c:resource("dl"))
+    assert.are.equal("dials.example.com", t.key)
+    assert.are.equal("v1", t.version) -- GA before beta before alpha, as discovery would prefer
+    assert(c:create { apiVersion = "example.com/v1beta1", kind = "Dial", metadata = { name = "d1" }, spec = { turn = 1 } })
+    assert.are.equal(1, #assert(c:list("dials")))
+  end)
+
+  it("is not used while it is not established", function()
+    -- a short name another CRD of the group holds: NamesAccepted False, never Established
+    assert(c:create(crd("gears", "Gear", { short = { "dl" } })))
+    local gears = assert(c:get("crd", "gears.example.com"))
+    for _, cond in ipairs(gears.status.conditions) do
+      if cond.type == "Established" then assert.are.equal("False", cond.status) end
+    end
+    local missing, e = c:resource("gears")
+    assert.is_nil(missing)
+    assert.are.equal("unknown_resource", e.code)
+  end)
+end)
+

@@ -78,12 +78,24 @@ local function type_of_object(self, obj)
   if not t then
     local ok, e = self:discover(self.discovery_done)
     if not ok then return nil, e end
-    t = self.discovered[key]
+    t = self.discovered[key] or self:crd_type(function(names, g) return g == group and names.kind == obj.kind end)
   end
   if not t then
     return nil, err("unknown_resource", ('no matches for kind "%s" in version "%s"'):format(obj.kind, obj.apiVersion))
   end
   return at_version(t, version)
+end
+
+-- Whether a CRD's names (spec.names) answer to name, as kubectl resolves names.
+local function names_match(names, group, name)
+  local lower, plural, kind = name:lower(), names.plural or "", names.kind or ""
+  if lower == plural or lower == names.singular or lower == kind:lower() or lower == plural .. "." .. (group or "") then
+    return true
+  end
+  for _, s in ipairs(type(names.shortNames) == "table" and names.shortNames or {}) do
+    if lower == s then return true end
+  end
+  return false
 end
 
 --- Split "sts/vantiq" into ("sts", "vantiq"); a plain name stays whole.
@@ -102,100 +114,13 @@ function Client:resource(name)
   if t then return t end
   local ok, e = self:discover(self.discovery_done)
   if not ok then return nil, e end
-  t = known()
+  t = known() or self:crd_type(function(names, group) return names_match(names, group, name) end)
   if t then return t end
   local msg = ('the server doesn\'t have a resource type "%s"'):format(name)
   if self.discovery_failed and #self.discovery_failed > 0 then
     msg = msg .. " (discovery could not read " .. table.concat(self.discovery_failed, "; ") .. ")"
   end
   return nil, err("unknown_resource", msg, { failed_groups = self.discovery_failed })
-end
-
--- Aggregated discovery (1.27+: every group's resources in one answer), else the classic
--- APIGroupList; the kind of the answer says which the server gave.
-local AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,"
-  .. "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
-
-local function discovered_type(group, version, r)
-  local gv = group == "" and version or (group .. "/" .. version)
-  local singular = (r.singular and r.singular ~= "") and r.singular or r.kind:lower()
-  return { group = group, version = version, kind = r.kind, plural = r.plural, singular = singular,
-           namespaced = r.namespaced, short = r.short or {}, api_version = gv,
-           key = group == "" and r.plural or (r.plural .. "." .. group) }
-end
-
-local function remember(found, t)
-  found[t.group .. "/" .. t.kind] = t -- for objects (type_of_object)
-  for _, n in ipairs { t.plural, t.singular, t.kind, t.key, t.kind:lower() } do found[n] = found[n] or t end
-  for _, n in ipairs(t.short) do found[n] = found[n] or t end
-end
-
--- One group's preferred version, as /apis/<group>/<version> lists it (classic discovery).
-function Client:discover_group_version(found, group, version)
-  local list, e = self:request { path = "/apis/" .. group .. "/" .. version }
-  if not list then return nil, e end
-  for _, r in ipairs(list.resources or {}) do
-    if not r.name:find("/", 1, true) then
-      remember(found, discovered_type(group, version, { plural = r.name, kind = r.kind,
-        singular = r.singularName, namespaced = r.namespaced, short = r.shortNames }))
-    end
-  end
-  return true
-end
-
-local function remember_aggregated(found, list)
-  for _, g in ipairs(list.items or {}) do
-    local v = (g.versions or {})[1] -- the server lists versions in preference order
-    for _, r in ipairs(v and v.resources or {}) do
-      local rk = r.responseKind or {}
-      remember(found, discovered_type(g.metadata and g.metadata.name or "", v.version, { plural = r.resource,
-        kind = rk.kind or r.resource, singular = r.singularResource, namespaced = r.scope == "Namespaced",
-        short = r.shortNames }))
-    end
-  end
-end
-
--- Discovery only for what the built-in table lacks: asked on the first unknown name, and
--- again (fresh) on a later one. Concurrent callers share one round.
-function Client:discover(fresh)
-  if self.discovery_done and not fresh then return true end
-  if self.discovering then
-    self.discovering:wait()
-    return self.discovery_done, self.discovery_err
-  end
-  local ev = vq.event()
-  self.discovering = ev
-  local ok, e = self:discover_now()
-  self.discovery_done, self.discovery_err = ok and true or self.discovery_done, e
-  self.discovering = nil
-  ev:set()
-  return ok, e
-end
-
--- A group that does not answer (an aggregated API whose service is down, as metrics.k8s.io
--- often is) is left out, as kubectl leaves it out: self.discovery_failed names them.
-function Client:discover_now()
-  local groups, e = self:request { path = "/apis", accept = AGGREGATED }
-  if not groups then return nil, e end
-  local found, failed = {}, {}
-  if groups.kind == "APIGroupDiscoveryList" then
-    remember_aggregated(found, groups)
-  else
-    local fetches = {}
-    for _, g in ipairs(groups.groups or {}) do
-      local pv = g.preferredVersion and g.preferredVersion.version
-      if pv then
-        fetches[#fetches + 1] = function()
-          local ok, ge = self:discover_group_version(found, g.name, pv)
-          if not ok then failed[#failed + 1] = g.name .. "/" .. pv .. ": " .. tostring(ge and ge.message) end
-          return true
-        end
-      end
-    end
-    vq.all(fetches) -- every group at once: one round trip on an HTTP/2 connection
-  end
-  self.discovered, self.discovery_failed = found, failed
-  return true
 end
 
 -- ---- connecting ----
@@ -742,6 +667,7 @@ function Client:wait_for(res, name, pred, opts)
   return r1, r2
 end
 
+require("vq.kube.discovery")(kube, Client)
 require("vq.kube.ops")(kube, Client)
 
 return kube
