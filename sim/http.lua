@@ -163,7 +163,9 @@ end
 local Response = {}
 Response.__index = Response
 
-local function header_block(status, headers)
+-- Every answer carries the server's Date, as Go's net/http writes it (RFC 7231).
+local function header_block(status, headers, now)
+  headers.Date = headers.Date or os.date("!%a, %d %b %Y %H:%M:%S GMT", math.floor(now or os.time()))
   local out = { ("HTTP/1.1 %d %s\r\n"):format(status, REASONS[status] or "Status") }
   for k, v in pairs(headers) do out[#out + 1] = k .. ": " .. v .. "\r\n" end
   out[#out + 1] = "\r\n"
@@ -179,7 +181,7 @@ function Response:send(status, body, headers)
   headers["Content-Length"] = tostring(#body)
   if self.close_after then headers["Connection"] = "close" end
   self.status = status
-  return self.conn:write(header_block(status, headers) .. (self.req.method == "HEAD" and "" or body))
+  return self.conn:write(header_block(status, headers, self.conn.server.now()) .. (self.req.method == "HEAD" and "" or body))
 end
 
 --- Start a chunked response; then write() chunks and finish().
@@ -190,7 +192,7 @@ function Response:start(status, headers)
   self.status = status
   headers = headers or {}
   headers["Transfer-Encoding"] = "chunked"
-  return self.conn:write(header_block(status, headers))
+  return self.conn:write(header_block(status, headers, self.conn.server.now()))
 end
 
 function Response:write(data)
@@ -274,7 +276,7 @@ end
 --- serve{host =, port = 0, handler = function(req, res) end} -> server (server.port set)
 function M.serve(opts)
   local server = {
-    handler = assert(opts.handler), on_error = opts.on_error,
+    handler = assert(opts.handler), on_error = opts.on_error, now = opts.now or os.time,
     conns = {}, requests = 0, next_conn = 1,
   }
   local tcp = uv.new_tcp()

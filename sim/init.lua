@@ -213,6 +213,7 @@ function M.start(opts)
   self.server = http.serve {
     host = "127.0.0.1", port = opts.port or 0,
     handler = function(req, res) return self.api:handle(req, res) end,
+    now = function() return self.clock:now() end, -- a skewed simulator dates its answers so
     on_error = function(err, req)
       require("log").error("sim: %s %s: %s", req.method, req.target, tostring(err))
     end,

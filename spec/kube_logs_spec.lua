@@ -35,7 +35,7 @@ local function writer(name, container, from, to, pause)
 end
 
 setup(function()
-  sim = cluster.start { speed = 0.02, modules = { "sim.auth", "sim.core", "sim.logs" } }
+  sim = cluster.start { speed = 0.02, modules = { "sim.auth", "sim.core", "sim.logs", "sim.faults" } }
   k = assert(kube.connect { kubeconfig = sim.spec_kubeconfig })
 end)
 
@@ -86,6 +86,26 @@ describe("k:logs", function()
     assert.is_nil(err)
     assert.are.equal(total, got)
     assert.is_true(state.reconnects >= 5, "the stream was never cut: " .. state.reconnects)
+  end)
+
+  it("keeps a relative since in place when a stream is cut before its first line", function()
+    pod("quiet")
+    local iter, state = k:logs("quiet", { follow = true, since = 1 })
+    local got
+    vq.spawn(function()
+      vq.sleep(0.2)
+      -- the stream is cut, and coming back takes the server 1.5 s: the line written
+      -- meanwhile is older than "the last second" by then, but not older than the first open
+      sim.faults:add { kind = "slow", delay = 1.5, count = 1, path = "/pods/quiet/log$" }
+      sim.logs:rotate(NS, "quiet", "app")
+      vq.sleep(0.1)
+      sim.logs:write(NS, "quiet", "app", "written while away")
+    end)
+    vq.timeout(10, function() got = iter() end)
+    state.close()
+    assert.are.equal("written while away", got)
+    assert.are.equal(1, state.reconnects)
+    assert.is_nil(state.gap)
   end)
 end)
 

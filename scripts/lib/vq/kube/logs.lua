@@ -26,12 +26,24 @@ end
 local Reader = {}
 Reader.__index = Reader
 
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
+
+-- An HTTP Date ("Fri, 27 Nov 2026 00:40:00 GMT") as RFC 3339, or nil.
+local function rfc3339_of_http_date(date)
+  local d, mon, y, hms = tostring(date or ""):match("^%a+, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d:%d%d:%d%d) GMT$")
+  return d and MONTHS[mon] and ("%s-%02d-%sT%sZ"):format(y, MONTHS[mon], d, hms) or nil
+end
+
+-- The stream starts where the last one stopped: the last timestamp given, else (nothing
+-- given yet) the server's time when the first stream opened, so that a relative since or
+-- a tail does not move the window while the stream was away.
 function Reader:open()
   local o = self.opts
-  local head, e = self.client:request { path = self.path, query = log_query(o, self.last_ts), stream = true,
-    verb = "get", resource = "pods/log", name = self.pod, namespace = self.ns, timeout = 0,
+  local head, e = self.client:request { path = self.path, query = log_query(o, self.last_ts or self.opened_at),
+    stream = true, verb = "get", resource = "pods/log", name = self.pod, namespace = self.ns, timeout = 0,
     buffer_size = o.buffer_size or (o.follow and FOLLOW_BUFFER or nil) }
   if not head then return nil, e end
+  self.opened_at = self.opened_at or rfc3339_of_http_date(head.headers and head.headers.date)
   self.stream, self.lines = head.stream, http.lines(head.stream)
   self.skipping_ts, self.skip_count = self.last_ts, self.seen_at_last
   return true
@@ -54,7 +66,7 @@ function Reader:reopens()
   if not self.opts.follow or not self:container_running() then return false end
   local st = self.state
   st.reconnects = st.reconnects + 1
-  if not self.last_ts then st.gap = true end
+  if not self.last_ts and not self.opened_at then st.gap = true end -- no point to resume from
   if self.last_ts == st.last_reopen_ts then
     st.idle_reopens = (st.idle_reopens or 0) + 1
     if st.idle_reopens > (self.opts.max_reconnects or 100) then
