@@ -344,6 +344,33 @@ describe("a world file", function()
     rmdir(dir)
   end)
 
+  it("holds custom resources, their CRDs loaded first whatever the file's order", function()
+    local dir = tmpdir()
+    local lua_path = dir .. "/world.lua"
+    local f = assert(io.open(lua_path, "w"))
+    f:write([[return {
+      { apiVersion = "example.com/v1", kind = "Certificate", metadata = { name = "ingress", namespace = "site-b" },
+        spec = { secretName = "default-ssl-cert" } },
+      { apiVersion = "apps/v1", kind = "StatefulSet", metadata = { name = "vantiq", namespace = "site-b" },
+        spec = { replicas = 1, selector = { matchLabels = { app = "vantiq" } },
+                 template = { metadata = { labels = { app = "vantiq" } },
+                              spec = { containers = { { name = "vantiq", image = "quay.io/vantiq/vantiq-server:1.40.1" } } } } } },
+      { apiVersion = "apiextensions.k8s.io/v1", kind = "CustomResourceDefinition", metadata = { name = "certificates.example.com" },
+        spec = { group = "example.com", scope = "Namespaced",
+                 names = { plural = "certificates", singular = "certificate", kind = "Certificate" },
+                 versions = { { name = "v1", served = true, storage = true,
+                   schema = { openAPIV3Schema = { type = "object", ["x-kubernetes-preserve-unknown-fields"] = true } } } } } },
+      { apiVersion = "v1", kind = "Namespace", metadata = { name = "site-b" } },
+    }]])
+    f:close()
+    local s = start { world = lua_path, modules = { "sim.auth", "sim.core", "sim.world" } }
+    local cert = s:get("certificates.example.com", "site-b", "ingress")
+    assert.is_not_nil(cert)
+    assert.equal("default-ssl-cert", cert.spec.secretName)
+    finish(s)
+    rmdir(dir)
+  end)
+
   it("is refused with a clear message when it is neither a world name nor a file", function()
     local ok, err = pcall(sim_mod.start, { world = "staging", modules = { "sim.auth", "sim.core", "sim.world" } })
     assert.is_false(ok)
