@@ -2,6 +2,7 @@
 -- followed at once as pods come and go (k:follow, what stern does).
 local vq = require "vq"
 local http = require "vq.http"
+local time = require "vq.time"
 
 local function err(code, message, details) return vq.error(code, message, details) end
 
@@ -34,16 +35,27 @@ local function rfc3339_of_http_date(date)
   return d and MONTHS[mon] and ("%s-%02d-%sT%sZ"):format(y, MONTHS[mon], d, hms) or nil
 end
 
+-- Where the first stream's window began, on the server's clock (its Date), for a reopen
+-- before any line: a relative since would move, a tail would count again. nil: the
+-- request as given says it (since_time, or the whole log).
+local function window_start(o, date)
+  local at = time.parse(rfc3339_of_http_date(date))
+  if not at or o.since_time then return nil end
+  if o.since then return time.format(at - o.since) end
+  if o.tail then return time.format(at) end
+end
+
 -- The stream starts where the last one stopped: the last timestamp given, else (nothing
--- given yet) the server's time when the first stream opened, so that a relative since or
--- a tail does not move the window while the stream was away.
+-- given yet) where the first stream's window began.
 function Reader:open()
   local o = self.opts
-  local head, e = self.client:request { path = self.path, query = log_query(o, self.last_ts or self.opened_at),
+  local head, e = self.client:request { path = self.path, query = log_query(o, self.last_ts or self.window),
     stream = true, verb = "get", resource = "pods/log", name = self.pod, namespace = self.ns, timeout = 0,
     buffer_size = o.buffer_size or (o.follow and FOLLOW_BUFFER or nil) }
   if not head then return nil, e end
-  self.opened_at = self.opened_at or rfc3339_of_http_date(head.headers and head.headers.date)
+  if not self.opened then
+    self.opened, self.window = true, window_start(o, head.headers and head.headers.date)
+  end
   self.stream, self.lines = head.stream, http.lines(head.stream)
   self.skipping_ts, self.skip_count = self.last_ts, self.seen_at_last
   return true
@@ -66,7 +78,10 @@ function Reader:reopens()
   if not self.opts.follow or not self:container_running() then return false end
   local st = self.state
   st.reconnects = st.reconnects + 1
-  if not self.last_ts and not self.opened_at then st.gap = true end -- no point to resume from
+  -- no point to resume from: a window relative to the server's now, and no Date to fix it
+  if not self.last_ts and not self.window and (self.opts.since or self.opts.tail) and not self.opts.since_time then
+    st.gap = true
+  end
   if self.last_ts == st.last_reopen_ts then
     st.idle_reopens = (st.idle_reopens or 0) + 1
     if st.idle_reopens > (self.opts.max_reconnects or 100) then
