@@ -1214,7 +1214,30 @@ function Exec:run(o)
   return code, concat(out), concat(err)
 end
 
+-- The program of a short-lived pod's container (restartPolicy Never or OnFailure) that
+-- names a command: the interpreter runs command and args, the output is the container's
+-- log, the command's status its exit code (what `kubectl run --rm` shows).
+local function command_program(sim)
+  return function(ctx)
+    local argv = {}
+    for _, a in ipairs(ctx.container.command or {}) do argv[#argv + 1] = a end
+    for _, a in ipairs(ctx.container.args or {}) do argv[#argv + 1] = a end
+    local partial = ""
+    local function out(s)
+      partial = partial .. s
+      for line in partial:gmatch("([^\n]*)\n") do ctx:log(line) end
+      partial = partial:match("[^\n]*$")
+    end
+    local ectx = M.context(sim, ctx.pod, ctx.container.name, false)
+    local code = M.run_command(sim, argv, M.new_io(out, out, function() return nil end, ectx), ectx)
+    if partial ~= "" then ctx:log(partial) end
+    if code ~= 0 then ctx:exit(code) end
+  end
+end
+
 function M.install(sim)
+  sim.programs = sim.programs or {}
+  sim.programs.command = sim.programs.command or command_program(sim)
   sim.exec_handlers = sim.exec_handlers or {}
   for _, h in ipairs(M.builtins()) do sim.exec_handlers[#sim.exec_handlers + 1] = h end
   sim.pod_files = sim.pod_files or {}

@@ -47,12 +47,17 @@ function M.context(fields, on_ready)
   return setmetatable(fields, Ctx)
 end
 
---- The program of a container: the pod's annotation, else the image's, else "service".
+--- The program of a container: the pod's annotation, else the image's, else a short-lived
+--- pod's command, else "service".
 function M.choose(sim, pod, container)
   local ann = pod.metadata.annotations or {}
   local name = ann[M.ANNOTATION .. container.name]
   if name == nil and sim.program_for_image then name = sim.program_for_image(container.image, pod, container) end
   if type(name) == "function" then return name, "<function>" end
+  local short_lived = (pod.spec.restartPolicy == "Never" or pod.spec.restartPolicy == "OnFailure")
+  if not name and short_lived and type(container.command) == "table" and #container.command > 0 and sim.programs.command then
+    name = "command" -- sim/exec.lua: the command runs through the exec interpreter
+  end
   name = name or "service"
   return sim.programs[name], name
 end

@@ -236,6 +236,57 @@ return function(kube, Client)
     return out
   end
 
+  -- ---- a short-lived pod ----
+
+  local function array_of(list)
+    if not list then return nil end
+    return setmetatable(table.move(list, 1, #list, 1, {}), json.array_mt)
+  end
+
+  local function env_list(env)
+    if not env then return nil end
+    local names, out = {}, setmetatable({}, json.array_mt)
+    for k in pairs(env) do names[#names + 1] = k end
+    table.sort(names)
+    for i, k in ipairs(names) do out[i] = { name = k, value = tostring(env[k]) } end
+    return out
+  end
+
+  local function run_pod(ns, opts)
+    return { apiVersion = "v1", kind = "Pod",
+      metadata = { generateName = (opts.name or "vqlua-run") .. "-", namespace = ns,
+                   labels = { ["app.kubernetes.io/managed-by"] = "vqlua" } },
+      spec = { restartPolicy = "Never", nodeName = opts.node, terminationGracePeriodSeconds = 0,
+               tolerations = opts.node and setmetatable({ { operator = "Exists" } }, json.array_mt) or nil,
+               containers = setmetatable({ { name = "run", image = assert(opts.image, "k:run needs an image"),
+                 command = array_of(opts.command), args = array_of(opts.args), env = env_list(opts.env) } }, json.array_mt) } }
+  end
+
+  local function finished(p)
+    local phase = p and p.status and p.status.phase
+    return phase == "Succeeded" or phase == "Failed"
+  end
+
+  --- A pod that runs one command and is deleted, as `kubectl run --rm --restart=Never`:
+  --- k:run{image=, command={...}, args=, env={NAME=value}, namespace=, node= (pinned there,
+  --- every taint tolerated), name= (a prefix), timeout= (120 s)}. Returns {exit_code=,
+  --- output= (its log), pod=, node=}, or nil, err. The pod goes however the run ends.
+  function Client:run(opts)
+    local ns = opts.namespace or self.namespace
+    local made, e = self:create(run_pod(ns, opts))
+    if not made then return nil, e end
+    if self.dry_run then return { dry_run = true, pod = made.metadata.name } end
+    local name = made.metadata.name
+    local cleanup <close> = setmetatable({}, { __close = function() self:delete("pods", name, { namespace = ns, grace = 0 }) end })
+    local done, we = self:wait_for("pods", name, finished, { namespace = ns, timeout = opts.timeout or 120 })
+    if not done then return nil, we end
+    local lines = {}
+    for line in self:logs(name, { namespace = ns }) do lines[#lines + 1] = line end
+    local st = ((done.status.containerStatuses or {})[1] or {}).state or {}
+    return { exit_code = st.terminated and st.terminated.exitCode, output = table.concat(lines, "\n"),
+             pod = name, node = done.spec.nodeName }
+  end
+
   -- ---- nodes ----
 
   -- Read, change, write; on a conflict read again (client-go's retry.RetryOnConflict).
