@@ -110,6 +110,36 @@ describe("k:logs", function()
 end)
 
 describe("k:follow", function()
+  it("says where lines may be missing: a stream back with nothing to resume from", function()
+    pod("undated", { gap = "yes" })
+    local c = assert(kube.connect { kubeconfig = sim.spec_kubeconfig })
+    local request = c.request
+    c.request = function(self, o) -- a server that gives no Date
+      local r, e = request(self, o)
+      if r and o.resource == "pods/log" and r.headers then r.headers.date = nil end
+      return r, e
+    end
+    local f = c:follow { namespace = NS, selector = "gap=yes", since = 5 }
+    vq.spawn(function()
+      vq.sleep(0.3)
+      sim.logs:rotate(NS, "undated", "app") -- cut before any line
+      vq.sleep(0.3)
+      sim.logs:write(NS, "undated", "app", "after the cut")
+    end)
+    local items = {}
+    vq.timeout(10, function()
+      for item in f:lines() do
+        items[#items + 1] = item
+        if item.text == "after the cut" then break end
+      end
+    end)
+    f:stop()
+    assert.are.equal(2, #items)
+    assert.is_true(items[1].gap)
+    assert.matches("lines may be missing", f.format(items[1], false))
+    assert.is_nil(items[2].gap)
+  end)
+
   it("follows more pods than any per-host connection cap would allow", function()
     local n = 40
     for i = 1, n do

@@ -80,7 +80,7 @@ function Reader:reopens()
   st.reconnects = st.reconnects + 1
   -- no point to resume from: a window relative to the server's now, and no Date to fix it
   if not self.last_ts and not self.window and (self.opts.since or self.opts.tail) and not self.opts.since_time then
-    st.gap = true
+    st.gap, st.gaps = true, (st.gaps or 0) + 1
   end
   if self.last_ts == st.last_reopen_ts then
     st.idle_reopens = (st.idle_reopens or 0) + 1
@@ -147,19 +147,29 @@ function Follower:colour(name)
   return self.colour_of[name]
 end
 
--- One container's stream, waiting for a slot first. Its task keeps only the names it
--- needs, not the watched Pod object.
+local GAP = "--- lines may be missing here: the stream was reopened with nothing to resume from ---"
+
+function Follower:emit(name, c, colour, text, gap)
+  if self.opts.on_line then self.opts.on_line(text, name, c, gap)
+  else self.out:put { pod = name, container = c, text = text, colour = colour, gap = gap } end
+end
+
+-- One container's stream, after a slot is free. Its task keeps only the names it needs,
+-- not the watched Pod object. A gap the reader could not close is said in line, before
+-- the first line after it.
 function Follower:stream(name, c)
   local opts, grep, colour = self.opts, self.opts.grep, self:colour(name)
   self.slots:get()
   local iter, st, _, closer = self.client:logs(name, { namespace = self.ns, container = c, follow = true,
     since = opts.since, buffer_size = opts.buffer_size })
   local stream <close> = closer
+  local gaps = 0
   for text in iter do
-    if not grep or text:find(grep) then
-      if opts.on_line then opts.on_line(text, name, c)
-      else self.out:put { pod = name, container = c, text = text, colour = colour } end
+    if (st.gaps or 0) > gaps then
+      gaps = st.gaps
+      self:emit(name, c, colour, GAP, true)
     end
+    if not grep or text:find(grep) then self:emit(name, c, colour, text) end
     if self.stopped then st.close() break end
   end
   self.slots:put(true)
@@ -226,7 +236,8 @@ return function(kube, Client)
   --- since_time=, tail=, previous=, timestamps=}). A follow that ends while the container
   --- still runs (rotation, an idle cut, an apiserver restart) reopens with sinceTime and
   --- drops the lines already seen. state.err holds an error that ended the iteration;
-  --- state.gap is set if lines may have been lost between two streams.
+  --- state.gap is set (state.gaps counts) where lines may have been lost between two
+  --- streams: one that ended before its first line, on a server that gave no Date.
   function Client:logs(pod, opts)
     opts = opts or {}
     local ns = opts.namespace or self.namespace
@@ -240,10 +251,11 @@ return function(kube, Client)
   end
 
   --- Follow many containers (what stern does): k:follow{namespace=, selector= or pattern=,
-  --- container=, grep=, since=, concurrency=, on_line=function(line, pod, container)}.
+  --- container=, grep=, since=, concurrency=, on_line=function(line, pod, container, gap)}.
   --- Pods that appear later are picked up from the watch; a stream that ends while its
   --- container runs is reopened without losing or repeating lines (k:logs). Returns a
-  --- follower with :lines() (iterator of {pod, container, text}), :stop().
+  --- follower with :lines() (iterator of {pod, container, text, gap}), :stop(); an item with
+  --- gap = true says that container's lines may be missing there.
   function Client:follow(opts)
     opts = opts or {}
     local concurrency = opts.concurrency or 1000
