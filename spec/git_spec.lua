@@ -2,23 +2,11 @@ local uv = require "luv"
 local log = require "log"
 local proc = require "vq.proc"
 local git = require "vq.git"
+local files = require "sim.gradlew.files"
 
 local EXEC = tonumber("755", 8)
 
-local function write_file(path, text, mode)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  if mode then assert(uv.fs_chmod(path, mode)) end
-end
-
-local function read_file(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local write_file, read_file = files.write, files.read
 
 -- A stand-in for git-secret (not installed here): records its arguments, and `hide`
 -- "encrypts" each registered file that exists into <file>.secret. FAIL_HIDE makes it fail.

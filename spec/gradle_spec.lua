@@ -3,17 +3,11 @@ local log = require "log"
 local proc = require "vq.proc"
 local gradle = require "vq.gradle"
 local run = require "spec.support.run"
+local files = require "sim.gradlew.files"
 
 local EXEC = tonumber("755", 8)
 
-local function write_file(path, text, mode)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  if mode then assert(uv.fs_chmod(path, mode)) end
-end
-
-local function mkdir_p(path) assert(proc.run { "mkdir", "-p", path }) end
+local write_file, mkdir_p = files.write, files.mkdir_p
 
 -- A stand-in for `java` that prints what `java -version` prints, on stderr.
 local function fake_jdk(home, version)

@@ -6,6 +6,7 @@ local proc = require "vq.proc"
 local yaml = require "vq.yaml"
 local kube = require "vq.kube"
 local base64 = require "vq.base64"
+local files = require "sim.gradlew.files"
 local gradle = require "vq.gradle"
 local sim_mod = require "sim"
 local tools = require "sim.gradlew.tools"
@@ -16,19 +17,8 @@ local EXEC = tonumber("755", 8)
 
 -- ---- helpers ----
 
-local function write_file(path, text, mode)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  if mode then assert(uv.fs_chmod(path, mode)) end
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local write_file = files.write
+local function read_file(path) return assert(files.read(path)) end
 
 local function sh(argv, cwd)
   local r = assert(proc.run { argv = argv, cwd = cwd, timeout = 60 })

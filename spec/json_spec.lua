@@ -1,14 +1,10 @@
 -- json: Kubernetes objects through decode and encode, exactly.
 local json = require "json"
+local files = require "sim.gradlew.files"
 
 local FIXTURES = "spec/fixtures/json/"
 
-local function read(name)
-  local f = assert(io.open(FIXTURES .. name, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local function read(name) return assert(files.read(FIXTURES .. name)) end
 
 local function assert_error(result, err)
   assert.is_nil(result)

@@ -2,6 +2,7 @@ local vq = require "vq"
 local uv = require "luv"
 local proc = require "vq.proc"
 local run = require "spec.support.run"
+local files = require "sim.gradlew.files"
 
 local MY_PID = uv.os_getpid()
 
@@ -52,12 +53,7 @@ end
 
 local tmpdir = run.tmpdir
 
-local function write_file(path, text, mode)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  if mode then uv.fs_chmod(path, mode) end
-end
+local write_file = files.write
 
 describe("proc.run", function()
   it("returns the exit code and the output", function()

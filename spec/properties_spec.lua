@@ -1,15 +1,11 @@
 -- vq.properties: cluster.properties read as java.util.Properties reads it, and edited in
 -- place without touching any other line.
 local props = require "vq.properties"
+local files = require "sim.gradlew.files"
 
 local FIXTURE = "spec/fixtures/tools/targetCluster/cluster.properties"
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local function read(path) return assert(files.read(path)) end
 
 local text_diff = require "spec.support.text"
 local lines_of, changed_lines = text_diff.lines_of, text_diff.changed_lines

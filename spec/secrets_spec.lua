@@ -6,6 +6,7 @@ local log = require "log"
 local secrets = require "vq.secrets"
 local repl = require "vq.repl"
 local base64 = require "vq.base64"
+local files = require "sim.gradlew.files"
 local run = require "spec.support.run"
 local cluster = require "spec.support.cluster"
 
@@ -17,18 +18,8 @@ local KEYCLOAK_PASSWORD = "Kc-Adm1n-Pa55w0rd-93b1"
 local MONGO_PASSWORD = "Mdb-Adm1n-7c41f2"
 local PG_PASSWORD = "pg-S3cret-e1d2c3"
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write = files.write
+local function read(path) return assert(files.read(path)) end
 
 local function sh(cmd) assert(os.execute(cmd), cmd) end
 

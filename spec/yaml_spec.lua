@@ -1,15 +1,11 @@
 -- yaml: reading, writing, and edits that change only the intended lines of a file kept in git.
 local yaml = require "yaml"
+local files = require "sim.gradlew.files"
 
 local FIXTURES = "spec/fixtures/yaml/"
 local BOM = "\239\187\191"
 
-local function read(name)
-  local f = assert(io.open(FIXTURES .. name, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local function read(name) return assert(files.read(FIXTURES .. name)) end
 
 local function lines_of(text)
   local lines = {}

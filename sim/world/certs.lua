@@ -3,24 +3,16 @@
 -- chain. Generated once per process and domain (key generation is the slow part); the
 -- scenarios' variants (self-signed, expiring, without the intermediate) reuse the keys.
 -- Private keys stay in memory; only the root's public certificate stays on disk (ca_file).
+local fs = require "sim.gradlew.files"
+
 local M = {}
 
 local cache = {}
 
 local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write = fs.write
+local function read(path) return assert(fs.read(path)) end
 
 -- Runs once at start, before the server listens: blocking the loop briefly is fine.
 local function openssl(dir, args)

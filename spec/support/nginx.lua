@@ -29,11 +29,7 @@ local function free_port()
   return port
 end
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write_file = require("sim.gradlew.files").write
 
 local remove_tree = require("sim.util").remove_tree
 
