@@ -6,16 +6,9 @@
 
 #include <lauxlib.h>
 
+#include "check.h"
 #include "vq.h"
 
-static int failures;
-#define CHECK(cond)                                                        \
-  do {                                                                     \
-    if (!(cond)) {                                                         \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      failures++;                                                          \
-    }                                                                      \
-  } while (0)
 
 /* host.after(ms, value): waits ms on the loop, then returns value. */
 typedef struct after_req {

@@ -9,16 +9,9 @@
 #include <cJSON.h>
 #include <lauxlib.h>
 
+#include "check.h"
 #include "vq.h"
 
-static int failures;
-#define CHECK(cond)                                                              \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);    \
-      failures++;                                                                \
-    }                                                                            \
-  } while (0)
 
 /* Calls json[fn] with the nargs values on top; 0 (and the message printed) when it raised. */
 static int call_json(lua_State *L, const char *fn, int nargs, int nresults) {
@@ -352,22 +345,6 @@ static void test_mutations(lua_State *L) {
 
 /* ---- out of memory at every allocation: what the codec owns must be freed ---- */
 
-typedef struct limit {
-  lua_Alloc alloc;
-  void *ud;
-  long remaining; /* growing allocations left; < 0 means no limit */
-} limit;
-
-static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  limit *lim = ud;
-  int grows = nsize > 0 && (ptr == NULL || nsize > osize);
-  if (grows && lim->remaining >= 0) {
-    if (lim->remaining == 0) return NULL;
-    lim->remaining--;
-  }
-  return lim->alloc(lim->ud, ptr, osize, nsize);
-}
-
 static void test_out_of_memory(lua_State *L) {
   /* The large array (over 32 KB) takes the member-by-member path. */
   run(L,
@@ -381,26 +358,10 @@ static void test_out_of_memory(lua_State *L) {
       "  json.encode(json.decode(oom_large)) "
       "  return json.decode('[1, 2') "
       "end");
-  limit lim;
-  lim.alloc = lua_getallocf(L, &lim.ud);
-  lim.remaining = -1;
-  lua_setallocf(L, limited_alloc, &lim);
-  int completed = 0;
-  long n = 0;
-  for (; n < 100000 && !completed; n++) {
-    lua_gc(L, LUA_GCCOLLECT);
-    lua_getglobal(L, "oom_run");
-    lim.remaining = n;
-    int status = lua_pcall(L, 0, 0, 0);
-    lim.remaining = -1;
-    if (status == LUA_OK) completed = 1;
-    else lua_pop(L, 1);
-  }
-  lua_gc(L, LUA_GCCOLLECT);
-  lua_setallocf(L, lim.alloc, lim.ud);
-  CHECK(completed);
-  CHECK(n > 200);  /* it failed at that many allocations before it got through */
-  printf("out of memory at each of %ld allocations\n", n - 1);
+  long failed = fail_each_allocation(L, "oom_run");
+  CHECK(failed >= 0);
+  CHECK(failed >= 200); /* it failed at that many allocations before it got through */
+  printf("out of memory at each of %ld allocations\n", failed);
 }
 
 /* cJSON's own allocations failing, one after another: decode raises "out of memory" and

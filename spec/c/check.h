@@ -1,0 +1,58 @@
+/* What the C tests share: CHECK, which counts failures and goes on, and running Lua code
+ * while its allocations fail one after another. */
+#ifndef VQ_SPEC_CHECK_H
+#define VQ_SPEC_CHECK_H
+
+#include <stdio.h>
+
+#include <lauxlib.h>
+
+static int failures;
+#define CHECK(cond)                                                              \
+  do {                                                                           \
+    if (!(cond)) {                                                               \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);    \
+      failures++;                                                                \
+    }                                                                            \
+  } while (0)
+
+typedef struct limit {
+  lua_Alloc alloc;
+  void *ud;
+  long remaining; /* growing allocations left; < 0 means no limit */
+} limit;
+
+static inline void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  limit *lim = ud;
+  int grows = nsize > 0 && (ptr == NULL || nsize > osize);
+  if (grows && lim->remaining >= 0) {
+    if (lim->remaining == 0) return NULL;
+    lim->remaining--;
+  }
+  return lim->alloc(lim->ud, ptr, osize, nsize);
+}
+
+/* Calls the global function fn with its first growing allocation failing, then its second,
+ * and so on until a run gets through: what the code held must be freed each time (ASan's
+ * leak checker says so). Returns how many runs failed first, or -1 if none got through. */
+static inline long fail_each_allocation(lua_State *L, const char *fn) {
+  limit lim;
+  lim.alloc = lua_getallocf(L, &lim.ud);
+  lim.remaining = -1;
+  lua_setallocf(L, limited_alloc, &lim);
+  long failed = -1;
+  for (long n = 0; n < 100000 && failed < 0; n++) {
+    lua_gc(L, LUA_GCCOLLECT);
+    lua_getglobal(L, fn);
+    lim.remaining = n;
+    int status = lua_pcall(L, 0, 0, 0);
+    lim.remaining = -1;
+    if (status == LUA_OK) failed = n;
+    else lua_pop(L, 1);
+  }
+  lua_gc(L, LUA_GCCOLLECT);
+  lua_setallocf(L, lim.alloc, lim.ud);
+  return failed;
+}
+
+#endif
