@@ -124,13 +124,7 @@ local function sweep(tmp)
   end
 end
 
-local function free_port()
-  local tcp = uv.new_tcp()
-  assert(tcp:bind("127.0.0.1", 0))
-  local port = tcp:getsockname().port
-  tcp:close()
-  return port
-end
+local free_port = require("sim.util").free_port
 
 local function can_connect(port)
   local tcp, ev, ok = uv.new_tcp(), vq.event(), false

@@ -169,6 +169,16 @@ function M.remove_tree(path)
   end
 end
 
+--- A loopback port nobody listens on now (for a program started next, as nginx).
+function M.free_port()
+  local uv = require "luv"
+  local tcp = uv.new_tcp()
+  assert(tcp:bind("127.0.0.1", 0))
+  local port = tcp:getsockname().port
+  tcp:close()
+  return port
+end
+
 -- ---- shared with the client: base64 and times ----
 
 local base64 = require "vq.base64"

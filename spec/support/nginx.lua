@@ -21,13 +21,7 @@ local M = {}
 M.binary = os.getenv("NGINX") or "/usr/sbin/nginx"
 M.start_timeout = 10
 
-local function free_port()
-  local tcp = uv.new_tcp()
-  assert(tcp:bind("127.0.0.1", 0))
-  local port = tcp:getsockname().port
-  tcp:close()
-  return port
-end
+local free_port = require("sim.util").free_port
 
 local write_file = require("sim.gradlew.files").write
 
