@@ -9,7 +9,6 @@
  *   check_host(cert, host) -> matched name | false
  *   key_matches(key, cert) -> bool
  *   fetch_chain{host=, port=, sni=, timeout=} -> {certs=, protocol=, cipher=, address=} | nil, err
- *   base64_decode(text) -> bytes | nil, err
  *   random_bytes(n) -> bytes | nil, err                      from OpenSSL's CSPRNG
  *
  * A cert is a plain table (subject, issuer, sans, serial, dates, fingerprint, key, pem, ...):
@@ -1312,28 +1311,6 @@ static int l_fetch_chain(lua_State *L) {
   return vq_wait_yield(L, &r->wait);
 }
 
-/* ---- base64, for a Secret's data ---- */
-
-/* base64_decode(text) -> bytes | nil, err */
-static int l_base64_decode(lua_State *L) {
-  size_t len;
-  const char *text = luaL_checklstring(L, 1, &len);
-  luaL_argcheck(L, len <= INT_MAX, 1, "too large");
-  luaL_Buffer b;
-  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, len / 4 * 3 + 3);
-  EVP_ENCODE_CTX *ctx = EVP_ENCODE_CTX_new();
-  if (!ctx) return luaL_error(L, "out of memory");
-  int n = 0, tail = 0;
-  EVP_DecodeInit(ctx);
-  int rc = EVP_DecodeUpdate(ctx, out, &n, (const unsigned char *)text, (int)len);
-  if (rc >= 0 && EVP_DecodeFinal(ctx, out + n, &tail) < 0) rc = -1;
-  EVP_ENCODE_CTX_free(ctx);
-  ERR_clear_error();
-  if (rc < 0) return vq_push_error(L, "tls", "not valid base64");
-  luaL_pushresultsize(&b, (size_t)(n + tail));
-  return 1;
-}
-
 /* ---- random bytes, for passwords ---- */
 
 #define MAX_RANDOM_BYTES (1 << 20)
@@ -1374,7 +1351,7 @@ static const luaL_Reg key_methods[] = {
 static const luaL_Reg tls_functions[] = {
   {"load_certs", l_load_certs}, {"load_key", l_load_key}, {"verify", l_verify},
   {"issued_by", l_issued_by}, {"check_host", l_check_host}, {"key_matches", l_key_matches},
-  {"fetch_chain", l_fetch_chain}, {"base64_decode", l_base64_decode},
+  {"fetch_chain", l_fetch_chain},
   {"random_bytes", l_random_bytes}, {NULL, NULL}};
 
 int luaopen_vq_core_tls(lua_State *L) {

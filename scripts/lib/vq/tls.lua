@@ -15,6 +15,7 @@
 -- the whole left-most label; an IP address only against IP SANs.
 local core = require "vq.core.tls"
 local vq = require "vq"
+local base64 = require "vq.base64"
 
 local tls = {}
 
@@ -331,7 +332,7 @@ end
 
 local function decode_secret_value(value, name)
   if value:find("-----BEGIN", 1, true) then return value end
-  local pem, err = core.base64_decode(value)
+  local pem = base64.decode(value)
   if not pem then return nil, tls_error(name, "not_pem", name .. " is neither PEM nor base64") end
   return pem
 end
@@ -385,6 +386,6 @@ function tls.compare(a, b)
 end
 
 --- Decode a Secret's base64 value (Kubernetes Secret data): bytes | nil, err.
-tls.base64_decode = core.base64_decode
+tls.base64_decode = base64.decode
 
 return tls
