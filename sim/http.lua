@@ -4,6 +4,7 @@
 -- its handler in a task, so a handler may wait (follow a log, sleep for a controller).
 local uv = require "uv"
 local vq = require "vq"
+local time = require "vq.time"
 
 local M = {}
 
@@ -163,18 +164,9 @@ end
 local Response = {}
 Response.__index = Response
 
-local DAYS = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" }
-local MONTHS = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" }
-
--- RFC 7231's IMF-fixdate, in English whatever the locale.
-local function http_date(t)
-  local d = os.date("!*t", math.floor(t))
-  return ("%s, %02d %s %04d %02d:%02d:%02d GMT"):format(DAYS[d.wday], d.day, MONTHS[d.month], d.year, d.hour, d.min, d.sec)
-end
-
 -- Every answer carries the server's Date, as Go's net/http writes it.
 local function header_block(status, headers, now)
-  headers.Date = headers.Date or http_date(now or os.time())
+  headers.Date = headers.Date or time.http_date(now or os.time())
   local out = { ("HTTP/1.1 %d %s\r\n"):format(status, REASONS[status] or "Status") }
   for k, v in pairs(headers) do out[#out + 1] = k .. ": " .. v .. "\r\n" end
   out[#out + 1] = "\r\n"

@@ -30,6 +30,24 @@ function M.parse(s)
   return t + (tonumber("0" .. frac) or 0)
 end
 
+local DAYS = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" }
+local MONTHS = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" }
+local MONTH_NUMBER = {}
+for i, m in ipairs(MONTHS) do MONTH_NUMBER[m] = i end
+
+--- An HTTP Date header (RFC 7231's IMF-fixdate), in English whatever the locale.
+function M.http_date(t)
+  local d = os.date("!*t", math.floor(t))
+  return ("%s, %02d %s %04d %02d:%02d:%02d GMT"):format(DAYS[d.wday], d.day, MONTHS[d.month], d.year, d.hour, d.min, d.sec)
+end
+
+--- Seconds since the epoch from an HTTP Date header, or nil.
+function M.parse_http_date(s)
+  local d, mon, y, hms = tostring(s or ""):match("^%a+, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d:%d%d:%d%d) GMT$")
+  if not (d and MONTH_NUMBER[mon]) then return nil end
+  return M.parse(("%s-%02d-%sT%sZ"):format(y, MONTH_NUMBER[mon], d, hms))
+end
+
 --- Age as kubectl prints it (duration.HumanDuration): 5s, 3m12s, 5h, 3d4h, 400d.
 function M.human_duration(d)
   d = math.floor(d)

@@ -27,19 +27,11 @@ end
 local Reader = {}
 Reader.__index = Reader
 
-local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
-
--- An HTTP Date ("Fri, 27 Nov 2026 00:40:00 GMT") as RFC 3339, or nil.
-local function rfc3339_of_http_date(date)
-  local d, mon, y, hms = tostring(date or ""):match("^%a+, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d:%d%d:%d%d) GMT$")
-  return d and MONTHS[mon] and ("%s-%02d-%sT%sZ"):format(y, MONTHS[mon], d, hms) or nil
-end
-
 -- Where the first stream's window began, on the server's clock (its Date), for a reopen
 -- before any line: a relative since would move, a tail would count again. nil: the
 -- request as given says it (since_time, or the whole log).
 local function window_start(o, date)
-  local at = time.parse(rfc3339_of_http_date(date))
+  local at = time.parse_http_date(date)
   if not at or o.since_time then return nil end
   if o.since then return time.format(at - o.since) end
   if o.tail then return time.format(at) end
