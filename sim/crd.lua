@@ -24,6 +24,7 @@ local util = require "sim.util"
 local api_mod = require "sim.api"
 local printers = require "sim.printers"
 local resources = require "sim.resources"
+local types = require "vq.kube.types"
 
 local M = {}
 
@@ -344,18 +345,18 @@ end
 
 local function version_type(crd, v, first)
   local spec, names = crd.spec, crd.status.acceptedNames
-  local key = names.plural .. "." .. spec.group
   local subs, scale = subresources_of(v)
-  return {
-    group = spec.group, version = v.name, api_version = spec.group .. "/" .. v.name, key = key,
-    kind = names.kind, list_kind = names.listKind, plural = names.plural, singular = names.singular or names.kind:lower(),
-    short = names.shortNames or {}, categories = names.categories, namespaced = spec.scope == "Namespaced",
+  local t = types.def {
+    group = spec.group, version = v.name,
+    kind = names.kind, list_kind = names.listKind, plural = names.plural, singular = names.singular,
+    short = names.shortNames, categories = names.categories, namespaced = spec.scope == "Namespaced",
     verbs = VERBS, subresources = subs, scale = scale, status_subresource = subs[1] == "status",
     printer = printers.custom(v.additionalPrinterColumns), schema = v.schema and v.schema.openAPIV3Schema,
     custom = crd.metadata.name,
-    -- one store for all versions: what walks every store (GC, namespace deletion) takes the first
-    shared_with = not first and key or nil,
   }
+  -- one store for all versions: what walks every store (GC, namespace deletion) takes the first
+  t.shared_with = not first and t.key or nil
+  return t
 end
 
 --- The types an established CRD serves: one per served version, in discovery's order.

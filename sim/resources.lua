@@ -4,14 +4,7 @@
 -- lists what a real cluster lists), and per type the minor versions that serve it.
 local M = {}
 
-local function def(t)
-  t.singular = t.singular or t.kind:lower()
-  t.verbs = t.verbs or { "create", "delete", "deletecollection", "get", "list", "patch", "update", "watch" }
-  t.short = t.short or {}
-  t.api_version = t.group == "" and t.version or (t.group .. "/" .. t.version)
-  t.key = t.group == "" and t.plural or (t.plural .. "." .. t.group)
-  return t
-end
+local def = require("vq.kube.types").def
 
 local REVIEW = { "create" }
 

@@ -61,8 +61,7 @@ local function at_version(t, version)
   local copy = {}
   for k, v in pairs(t) do copy[k] = v end
   copy.version = version
-  copy.api_version = t.group == "" and version or (t.group .. "/" .. version)
-  return copy
+  return types.def(copy)
 end
 
 -- The type of an object by its apiVersion and kind: a CRD's kind may also be a built-in

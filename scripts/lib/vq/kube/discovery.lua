@@ -2,6 +2,7 @@
 -- server once per run and again when a name is still unknown; and a CRD the server has
 -- established but not yet published in discovery, read from the CRD itself.
 local vq = require "vq"
+local types = require "vq.kube.types"
 
 -- Aggregated discovery (1.27+: every group's resources in one answer), else the classic
 -- APIGroupList; the kind of the answer says which the server gave.
@@ -9,11 +10,8 @@ local AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDisco
   .. "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
 
 local function discovered_type(group, version, r)
-  local gv = group == "" and version or (group .. "/" .. version)
-  local singular = (r.singular and r.singular ~= "") and r.singular or r.kind:lower()
-  return { group = group, version = version, kind = r.kind, plural = r.plural, singular = singular,
-           namespaced = r.namespaced, short = r.short or {}, api_version = gv,
-           key = group == "" and r.plural or (r.plural .. "." .. group) }
+  return types.def { group = group, version = version, kind = r.kind, plural = r.plural, singular = r.singular,
+                     namespaced = r.namespaced, short = r.short }
 end
 
 local function remember(found, t)

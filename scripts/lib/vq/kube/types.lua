@@ -6,7 +6,10 @@ local M = {}
 local ALL = { "create", "delete", "deletecollection", "get", "list", "patch", "update", "watch" }
 local RO_CREATE = { "create" }
 
+--- Complete a type from its group, version, kind and plural: singular, verbs, short names,
+--- api_version and key (plural.group) as the client and the simulator name it.
 local function def(t)
+  if t.singular == "" then t.singular = nil end
   t.singular = t.singular or t.kind:lower()
   t.verbs = t.verbs or ALL
   t.short = t.short or {}
@@ -68,5 +71,7 @@ M.list = {
   def { group = "apiextensions.k8s.io", version = "v1", kind = "CustomResourceDefinition", plural = "customresourcedefinitions", short = { "crd", "crds" }, namespaced = false, subresources = { "status" } },
 }
 
+
+M.def = def
 
 return M
