@@ -102,28 +102,8 @@ end
 --- Storage key: core and events.k8s.io events are one store, as in the real apiserver.
 function M.store_key(t) return t.shared_with or t.key end
 
--- ---- kube-aware version order ----
-
--- GA before beta before alpha, higher numbers first; versions not of that form after them.
-local function version_rank(v)
-  local major = v:match("^v(%d+)$")
-  if major then return 3, tonumber(major), 0 end
-  local m, level, n = v:match("^v(%d+)(%l+)(%d+)$")
-  local order = { beta = 2, alpha = 1 }
-  if m and order[level] then return order[level], tonumber(m), tonumber(n) end
-  return 0, 0, 0
-end
-
---- True when version a sorts before b in the order the apiserver lists a group's versions
---- (v2, v1, v1beta2, v1beta1, v1alpha1, then others by name).
-function M.version_less(a, b)
-  local la, ma, na = version_rank(a)
-  local lb, mb, nb = version_rank(b)
-  if la ~= lb then return la > lb end
-  if la == 0 then return a < b end
-  if ma ~= mb then return ma > mb end
-  return na > nb
-end
+-- Kube-aware version order (v2, v1, v1beta2, v1beta1, v1alpha1, then others by name).
+M.version_less = require("vq.kube.types").version_less
 
 -- ---- the types of one simulator ----
 

@@ -32,25 +32,6 @@ local function remember_aggregated(found, list)
   end
 end
 
--- kube's version order: GA before beta before alpha, higher numbers first, then others
--- by name (apimachinery's CompareKubeAwareVersionStrings).
-local function version_rank(v)
-  local major, kind, minor = v:match("^v(%d+)(%a*)(%d*)$")
-  if not major or (kind ~= "" and kind ~= "alpha" and kind ~= "beta") or (kind ~= "" and minor == "") then return nil end
-  return { tonumber(major), kind == "" and 3 or kind == "beta" and 2 or 1, tonumber(minor) or 0 }
-end
-
-local function version_before(a, b)
-  local ra, rb = version_rank(a), version_rank(b)
-  if ra and rb then
-    if ra[2] ~= rb[2] then return ra[2] > rb[2] end
-    if ra[1] ~= rb[1] then return ra[1] > rb[1] end
-    return ra[3] > rb[3]
-  end
-  if ra or rb then return ra ~= nil end
-  return a < b
-end
-
 local function established(crd)
   local conds = crd.status and crd.status.conditions
   for _, c in ipairs(type(conds) == "table" and conds or {}) do
@@ -68,7 +49,7 @@ local function crd_served_type(crd)
   for _, v in ipairs(spec.versions or {}) do
     if v.served then served[#served + 1] = v.name end
   end
-  table.sort(served, version_before)
+  table.sort(served, types.version_less)
   if not served[1] then return nil end
   local short = type(names.shortNames) == "table" and names.shortNames or {}
   return discovered_type(spec.group, served[1], { plural = names.plural, kind = names.kind, singular = names.singular,

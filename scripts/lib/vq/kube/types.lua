@@ -1,6 +1,7 @@
 -- The built-in Kubernetes resource types: group, version, kind, plural, short names,
 -- scope, verbs and subresources, as the apiserver's discovery lists them. The client
--- resolves names from this table without asking the server; the simulator serves it.
+-- resolves names from this table without asking the server; the simulator serves it. def
+-- completes a type, version_less orders a group's versions: the client and the simulator share both.
 local M = {}
 
 local ALL = { "create", "delete", "deletecollection", "get", "list", "patch", "update", "watch" }
@@ -73,5 +74,26 @@ M.list = {
 
 
 M.def = def
+
+-- GA before beta before alpha, higher numbers first; versions not of that form after them.
+local function version_rank(v)
+  local major = v:match("^v(%d+)$")
+  if major then return 3, tonumber(major), 0 end
+  local m, level, n = v:match("^v(%d+)(%l+)(%d+)$")
+  local order = { beta = 2, alpha = 1 }
+  if m and order[level] then return order[level], tonumber(m), tonumber(n) end
+  return 0, 0, 0
+end
+
+--- True when version a sorts before b in the order the apiserver lists a group's versions
+--- (v2, v1, v1beta2, v1beta1, v1alpha1, then others by name).
+function M.version_less(a, b)
+  local la, ma, na = version_rank(a)
+  local lb, mb, nb = version_rank(b)
+  if la ~= lb then return la > lb end
+  if la == 0 then return a < b end
+  if ma ~= mb then return ma > mb end
+  return na > nb
+end
 
 return M
