@@ -77,24 +77,12 @@ local function type_of_object(self, obj)
   if not t then
     local ok, e = self:discover(self.discovery_done)
     if not ok then return nil, e end
-    t = self.discovered[key] or self:crd_type(function(names, g) return g == group and names.kind == obj.kind end)
+    t = self.discovered[key] or self:crd_type(key)
   end
   if not t then
     return nil, err("unknown_resource", ('no matches for kind "%s" in version "%s"'):format(obj.kind, obj.apiVersion))
   end
   return at_version(t, version)
-end
-
--- Whether a CRD's names (spec.names) answer to name, as kubectl resolves names.
-local function names_match(names, group, name)
-  local lower, plural, kind = name:lower(), names.plural or "", names.kind or ""
-  if lower == plural or lower == names.singular or lower == kind:lower() or lower == plural .. "." .. (group or "") then
-    return true
-  end
-  for _, s in ipairs(type(names.shortNames) == "table" and names.shortNames or {}) do
-    if lower == s then return true end
-  end
-  return false
 end
 
 --- Split "sts/vantiq" into ("sts", "vantiq"); a plain name stays whole.
@@ -113,7 +101,7 @@ function Client:resource(name)
   if t then return t end
   local ok, e = self:discover(self.discovery_done)
   if not ok then return nil, e end
-  t = known() or self:crd_type(function(names, group) return names_match(names, group, name) end)
+  t = known() or self:crd_type(name)
   if t then return t end
   local msg = ('the server doesn\'t have a resource type "%s"'):format(name)
   if self.discovery_failed and #self.discovery_failed > 0 then

@@ -114,17 +114,22 @@ return function(_, Client)
     return true
   end
 
-  --- The type of an established CRD whose names match(names, group) says yes, read from
-  --- the CRD itself: the apiserver publishes a new CRD's resources in discovery a moment
-  --- after it is Established, and a runbook that waited for Established uses it at once.
-  --- CRDs carry their schemas: they are read a few at a time (a cluster may hold hundreds).
-  function Client:crd_type(match)
+  --- The type of an established CRD that answers to name (any name discovery would know it
+  --- by, or "group/Kind"), read from the CRD itself: the apiserver publishes a new CRD's
+  --- resources in discovery a moment after it is Established, and a runbook that waited for
+  --- Established uses it at once. CRDs carry their schemas: they are read a few at a time
+  --- (a cluster may hold hundreds).
+  function Client:crd_type(name)
     local crds, st = self:each("customresourcedefinitions", { page_size = 20 })
     for crd in crds do
-      local spec = crd.spec or {}
-      if type(spec.names) == "table" and match(spec.names, spec.group) and established(crd) then
-        local t = crd_served_type(crd)
-        if t then remember(self.discovered, t) return t end
+      local t = type((crd.spec or {}).names) == "table" and established(crd) and crd_served_type(crd)
+      if t then
+        local names = {}
+        remember(names, t)
+        if names[name] or names[name:lower()] then
+          remember(self.discovered, t)
+          return t
+        end
       end
     end
     return nil, st.err
