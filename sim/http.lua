@@ -164,9 +164,16 @@ end
 local Response = {}
 Response.__index = Response
 
+-- The server's Date, formatted once a second (every answer carries it).
+local function server_date(server)
+  local t = math.floor(server.now())
+  if t ~= server.date_at then server.date_at, server.date = t, time.http_date(t) end
+  return server.date
+end
+
 -- Every answer carries the server's Date, as Go's net/http writes it.
-local function header_block(status, headers, now)
-  headers.Date = headers.Date or time.http_date(now or os.time())
+local function header_block(server, status, headers)
+  headers.Date = headers.Date or server_date(server)
   local out = { ("HTTP/1.1 %d %s\r\n"):format(status, REASONS[status] or "Status") }
   for k, v in pairs(headers) do out[#out + 1] = k .. ": " .. v .. "\r\n" end
   out[#out + 1] = "\r\n"
@@ -182,7 +189,7 @@ function Response:send(status, body, headers)
   headers["Content-Length"] = tostring(#body)
   if self.close_after then headers["Connection"] = "close" end
   self.status = status
-  return self.conn:write(header_block(status, headers, self.conn.server.now()) .. (self.req.method == "HEAD" and "" or body))
+  return self.conn:write(header_block(self.conn.server, status, headers) .. (self.req.method == "HEAD" and "" or body))
 end
 
 --- Start a chunked response; then write() chunks and finish().
@@ -193,7 +200,7 @@ function Response:start(status, headers)
   self.status = status
   headers = headers or {}
   headers["Transfer-Encoding"] = "chunked"
-  return self.conn:write(header_block(status, headers, self.conn.server.now()))
+  return self.conn:write(header_block(self.conn.server, status, headers))
 end
 
 function Response:write(data)
@@ -211,7 +218,7 @@ end
 function Response:upgrade(headers)
   assert(not self.started, "response already started")
   self.started, self.finished, self.upgraded = true, true, true
-  self.conn:write(header_block(101, headers))
+  self.conn:write(header_block(self.conn.server, 101, headers))
   return self.conn
 end
 
@@ -247,7 +254,7 @@ local function serve_conn(server, conn)
     local req, e = read_request(conn)
     if not req then
       if e == "bad request" or e == "head too large" or e == "body too large" then
-        conn:write(header_block(e == "bad request" and 400 or 413, { ["Content-Length"] = "0", Connection = "close" }))
+        conn:write(header_block(server, e == "bad request" and 400 or 413, { ["Content-Length"] = "0", Connection = "close" }))
       end
       break
     end
