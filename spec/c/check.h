@@ -16,6 +16,21 @@ static int failures;
     }                                                                            \
   } while (0)
 
+/* Calls the global table module's function fn with the nargs values on top; 0 (and the
+ * message printed) when it raised. */
+static inline int call_field(lua_State *L, const char *module, const char *fn, int nargs, int nresults) {
+  lua_getglobal(L, module);
+  lua_getfield(L, -1, fn);
+  lua_remove(L, -2);
+  lua_insert(L, -(nargs + 1));
+  if (lua_pcall(L, nargs, nresults, 0) != LUA_OK) {
+    fprintf(stderr, "%s.%s raised: %s\n", module, fn, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
+
 typedef struct limit {
   lua_Alloc alloc;
   void *ud;

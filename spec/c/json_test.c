@@ -13,18 +13,8 @@
 #include "vq.h"
 
 
-/* Calls json[fn] with the nargs values on top; 0 (and the message printed) when it raised. */
 static int call_json(lua_State *L, const char *fn, int nargs, int nresults) {
-  lua_getglobal(L, "json");
-  lua_getfield(L, -1, fn);
-  lua_remove(L, -2);
-  lua_insert(L, -(nargs + 1));
-  if (lua_pcall(L, nargs, nresults, 0) != LUA_OK) {
-    fprintf(stderr, "json.%s raised: %s\n", fn, lua_tostring(L, -1));
-    lua_pop(L, 1);
-    return 0;
-  }
-  return 1;
+  return call_field(L, "json", fn, nargs, nresults);
 }
 
 typedef struct json_error {

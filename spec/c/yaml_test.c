@@ -19,18 +19,8 @@ static double seconds(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Push yaml[fn] and its arguments' room; call with pcall. Returns 0 when it raised. */
 static int call_yaml(lua_State *L, const char *fn, int nargs, int nresults) {
-  lua_getglobal(L, "yaml");
-  lua_getfield(L, -1, fn);
-  lua_remove(L, -2);
-  lua_insert(L, -(nargs + 1));
-  if (lua_pcall(L, nargs, nresults, 0) != LUA_OK) {
-    fprintf(stderr, "yaml.%s raised: %s\n", fn, lua_tostring(L, -1));
-    lua_pop(L, 1);
-    return 0;
-  }
-  return 1;
+  return call_field(L, "yaml", fn, nargs, nresults);
 }
 
 /* Decodes text; on an error, fills line and column and returns 0. */
