@@ -57,15 +57,8 @@ local text_diff = require "spec.support.text"
 local lines_of, diff = text_diff.lines_of, text_diff.changed_lines
 
 local function dir_names(dir)
-  local names = {}
-  local req = assert(uv.fs_scandir(dir))
-  while true do
-    local name = uv.fs_scandir_next(req)
-    if not name then break end
-    names[#names + 1] = name
-  end
-  table.sort(names)
-  return names
+  assert(files.is_dir(dir), dir)
+  return files.list(dir)
 end
 
 local function temp_files(dir)

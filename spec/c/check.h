@@ -31,6 +31,18 @@ static inline int call_field(lua_State *L, const char *module, const char *fn, i
   return 1;
 }
 
+/* Calls the global function fn with the bytes as its argument; a raise is a failure
+ * (printed with the round it happened in). */
+static inline void call_with_bytes(lua_State *L, const char *fn, const char *bytes, size_t len, int round) {
+  lua_getglobal(L, fn);
+  lua_pushlstring(L, bytes, len);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    fprintf(stderr, "mutation %d: %s\n", round, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    failures++;
+  }
+}
+
 typedef struct limit {
   lua_Alloc alloc;
   void *ud;

@@ -321,13 +321,7 @@ static void test_mutations(lua_State *L) {
     memcpy(buf, original, len);
     for (int edits = 1 + (int)(next_random(&state) % 3); edits > 0; edits--)
       buf[next_random(&state) % len] = bytes[next_random(&state) % (sizeof bytes - 1)];
-    lua_getglobal(L, "fuzz_run");
-    lua_pushlstring(L, buf, len);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-      fprintf(stderr, "mutation %d: %s\n", round, lua_tostring(L, -1));
-      lua_pop(L, 1);
-      failures++;
-    }
+    call_with_bytes(L, "fuzz_run", buf, len, round);
   }
   free(buf);
   lua_pop(L, 1);

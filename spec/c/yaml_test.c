@@ -225,13 +225,7 @@ static void test_mutations(lua_State *L) {
       size_t at = next_random(&state) % n;
       buf[at] = bytes[next_random(&state) % (sizeof bytes - 1)];
     }
-    lua_getglobal(L, "fuzz_run");
-    lua_pushlstring(L, buf, n);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-      fprintf(stderr, "mutation %d: %s\n", round, lua_tostring(L, -1));
-      lua_pop(L, 1);
-      failures++;
-    }
+    call_with_bytes(L, "fuzz_run", buf, n, round);
   }
   free(buf);
   lua_pop(L, 1);
