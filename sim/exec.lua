@@ -112,11 +112,7 @@ end
 
 -- ---- the container's environment ----
 
-local function find_container(pod, name)
-  for _, list in ipairs { pod.spec.containers, pod.spec.initContainers, pod.spec.ephemeralContainers } do
-    for _, c in ipairs(list or {}) do if c.name == name then return c end end
-  end
-end
+local find_container = logs_mod.container_spec
 
 local function key_of(sim, kind, ns, ref, k)
   local obj = ref and sim:get(kind, ns, ref.name)

@@ -257,18 +257,18 @@ local function container_names(list)
   return names
 end
 
-local function has_container(pod, name)
+--- The spec of a pod's container, init container or ephemeral container by name, or nil.
+function M.container_spec(pod, name)
   for _, list in ipairs { pod.spec.containers, pod.spec.initContainers, pod.spec.ephemeralContainers } do
-    for _, c in ipairs(list or {}) do if c.name == name then return true end end
+    for _, c in ipairs(list or {}) do if c.name == name then return c end end
   end
-  return false
 end
 
 --- The container a request means, or nil, message (the apiserver's validateContainer).
 function M.pick_container(pod, name)
   local spec = pod.spec or {}
   if name and name ~= "" then
-    if not has_container(pod, name) then
+    if not M.container_spec(pod, name) then
       return nil, ("container %s is not valid for pod %s"):format(name, pod.metadata.name)
     end
     return name
