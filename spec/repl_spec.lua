@@ -70,6 +70,21 @@ describe("the pretty printer", function()
     assert.matches("^<function: ", f(print))
   end)
 
+  it("shows a Secret's data as lengths only, alone, in a list and in a watch event", function()
+    local base64 = require "vq.base64"
+    local secret = { apiVersion = "v1", kind = "Secret", metadata = { name = "mongodb-credentials" },
+      data = { ["mongodb-password"] = base64.encode("pHWdv6sGp5RRzcGgjAk9") }, stringData = { token = "t0ken-plain" } }
+    for _, shown in ipairs { secret, { secret }, { type = "MODIFIED", object = secret } } do
+      local text = repl.format(shown)
+      assert.not_matches(secret.data["mongodb-password"], text, 1, true)
+      assert.not_matches("t0ken-plain", text, 1, true)
+      assert.matches('["mongodb-password"] = <redacted: 20 bytes>', text, 1, true)
+      assert.matches("token = <redacted: 11 bytes>", text, 1, true)
+      assert.matches('name = "mongodb-credentials"', text, 1, true)
+    end
+    assert.are.equal(base64.encode("pHWdv6sGp5RRzcGgjAk9"), secret.data["mongodb-password"]) -- untouched
+  end)
+
   it("formats results tab-separated and failures with their traceback", function()
     assert.are.equal("", repl.show())
     assert.are.equal('1\tnil\t"a"\n', repl.show(1, nil, "a"))

@@ -143,10 +143,31 @@ local function format_secret(v)
   return ("<redacted: %s bytes>"):format(ok and math.type(n) and n or "?")
 end
 
+-- A Secret as the API returns it (data in base64, stringData plain): shown with each value
+-- as a vq.secrets value shows, by its length, so that poking at a cluster prints none.
+local function redacted(n) return setmetatable({}, { __name = "vq.secret", __len = function() return n end }) end
+
+local function secret_shown(obj)
+  local copy = {}
+  for k, x in pairs(obj) do copy[k] = x end
+  for _, field in ipairs { "data", "stringData" } do
+    if type(obj[field]) == "table" then
+      local hidden = {}
+      for k, x in pairs(obj[field]) do
+        local bytes = field == "data" and type(x) == "string" and require("vq.base64").decode(x) or x
+        hidden[k] = redacted(type(bytes) == "string" and #bytes or 0)
+      end
+      copy[field] = hidden
+    end
+  end
+  return copy
+end
+
 function format_value(v, ctx, depth, indent)
   if metafield(v, "__name") == "vq.secret" then return format_secret(v) end
   local tv = type(v)
   if tv == "string" then return quote(v, depth > 0 and ctx.string or nil) end
+  if tv == "table" and rawget(v, "kind") == "Secret" then v = secret_shown(v) end
   if tv == "table" then return format_table(v, ctx, depth, indent) end
   if tv == "function" then return format_function(v) end
   if tv == "userdata" then
